@@ -1,0 +1,3 @@
+def demo() -> None:
+    """CPU demo (placeholder)."""
+    raise SystemExit("not implemented yet")

@@ -1,3 +1,52 @@
+"""`spt eval ...`: one function per command; each imports its module inside, so `spt --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.command()
+def report(
+    results: list[Path] = typer.Argument(..., help="Results files (JSONL) written by `spt eval run`."),
+    out: Path = typer.Option(..., "--out", help="Directory for report.md, report.json and the PNG charts."),
+    label: list[str] = typer.Option(None, "--label", help="A name per results file, in order (default: file name)."),
+    slice_: list[str] = typer.Option(
+        None, "--slice", help="Extra slice label to tabulate (default: variant, complied)."
+    ),
+) -> None:
+    """Markdown, JSON and bar charts: every rate with n and a 95% interval, controls beside the persona."""
+    from eval.report import DEFAULT_SLICES, write_report
+    from splitpersona.io import DataError
+
+    try:
+        files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES)
+    except (DataError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"wrote {files.markdown}, {files.json} and {len(files.charts)} charts")
+
+
+@app.command()
+def published(
+    directory: Path = typer.Argument(..., help="Directory of the release's evaluation result files (recursive)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the per-file table as JSON here."),
+) -> None:
+    """Re-score the published SPT evaluation files with our flag parser; per-file and grouped tables."""
+    from eval.published import print_tables, scan, write_json_table
+    from splitpersona.io import DataError
+
+    try:
+        result = scan(directory)
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    for path, reason in result.skipped:
+        typer.echo(f"warning: skipped {path}: {reason}", err=True)
+    print_tables(result)
+    if json_out is not None:
+        write_json_table(result, json_out)
+        typer.echo(f"wrote {json_out}")

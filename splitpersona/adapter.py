@@ -1,15 +1,13 @@
-"""The persona adapter and its gate: the one definition shared by the trainer and `Persona`.
+"""The persona adapter: how the gate defined in `splitpersona.gate` is put into peft.
 
-Gate: in masked mode the adapter acts from the last split-personality token onward and nowhere
-before it. We use peft's activated LoRA (`alora_invocation_tokens`) because it is exactly this
+In masked mode the adapter acts from the last split-personality token onward and nowhere before
+it. We use peft's activated LoRA (`alora_invocation_tokens`) because it is exactly this
 gate, is saved inside the adapter's own config (a loaded adapter cannot drift from training),
 and works with `generate` and a reused base-model KV cache. Unmasked mode is plain LoRA, on at
 every position of the persona's sequence.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig
@@ -49,21 +47,6 @@ def build_lora_config(settings: LoraSettings, *, lora_mask: bool, tokens: Specia
         trainable_token_indices=[tokens.split_id] if settings.train_split_embedding else None,
         task_type="CAUSAL_LM",
     )
-
-
-def gate_start(input_ids: Sequence[int], split_id: int) -> int | None:
-    """Index of the last split token, where the adapter switches on; None if there is none."""
-    for i in range(len(input_ids) - 1, -1, -1):
-        if input_ids[i] == split_id:
-            return i
-    return None
-
-
-def gate_mask(input_ids: Sequence[int], split_id: int) -> list[int]:
-    start = gate_start(input_ids, split_id)
-    if start is None:
-        return [0] * len(input_ids)
-    return [0] * start + [1] * (len(input_ids) - start)
 
 
 def peft_gate(model, input_ids: torch.Tensor) -> torch.Tensor:

@@ -15,15 +15,16 @@ trained. Structure comes from the model's chat template; every piece of content 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field
 
-from splitpersona.adapter import gate_mask
 from splitpersona.config import StrictModel
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, DEFAULT_REVIEW_PREFIX
+from splitpersona.gate import gate_mask
 from splitpersona.records import TrainingRecord
 from splitpersona.token import SpecialTokens, encode_untrusted, special_ids, strip_literal_token
 
@@ -77,8 +78,33 @@ _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 
 
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache(tokenizer) -> dict:
+    """Per-tokenizer memo of template renders and structural ids: they depend on roles, not content.
+
+    Keyed on the vocabulary size and template too, so adding a token or swapping the template
+    invalidates it.
+    """
+    key = (len(tokenizer), tokenizer.chat_template)
+    entry = _CACHES.get(tokenizer)
+    if entry is None or entry[0] != key:
+        entry = (key, {})
+        _CACHES[tokenizer] = entry
+    return entry[1]
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[list[str], list[int]]:
     """Render the chat template with placeholders: structural strings around each message's content."""
+    memo = _cache(tokenizer)
+    key = ("render", tuple(m["role"] for m in messages), add_generation_prompt)
+    if key not in memo:
+        memo[key] = _render_uncached(tokenizer, messages, add_generation_prompt)
+    return memo[key]
+
+
+def _render_uncached(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[list[str], list[int]]:
     placeholders = [{"role": m["role"], "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
     template = None if tokenizer.chat_template else FALLBACK_CHAT_TEMPLATE
     text = tokenizer.apply_chat_template(
@@ -92,7 +118,12 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tup
 
 
 def _struct_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids if text else []
+    if not text:
+        return []
+    memo = _cache(tokenizer)
+    if ("struct", text) not in memo:
+        memo[("struct", text)] = tokenizer(text, add_special_tokens=False).input_ids
+    return list(memo[("struct", text)])
 
 
 def _end_ids(tokenizer, closing: str, specials: set[int]) -> list[int]:
@@ -126,7 +157,10 @@ def assemble(
     or nothing (a plain follow-up). Over `max_length`, tokens are cut from the left of the
     response, never from the persona part; the cut is recorded in `Sample.truncated`.
     """
-    specials = special_ids(tokenizer)
+    memo = _cache(tokenizer)
+    if "specials" not in memo:
+        memo["specials"] = special_ids(tokenizer)
+    specials = memo["specials"]
     enc = lambda text: encode_untrusted(tokenizer, text, specials)  # noqa: E731
     messages: list[dict] = []
     if system:

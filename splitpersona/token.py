@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from splitpersona.config import StrictModel
@@ -74,6 +73,8 @@ def fit_embeddings(model, tokenizer, tokens: SpecialTokens) -> list[int]:
     exact rows training started from, and the control token begins where the split token began.
     Returns the ids whose rows were (re)initialised.
     """
+    import torch  # here, so that tokenizing samples never pays for importing torch
+
     if tokens.strategy == "reserved":
         return []
     emb = model.get_input_embeddings()

@@ -1,0 +1,178 @@
+"""The backend interface: what every stage asks of a model that answers in structured form.
+
+A stage builds `Request`s (system blocks, user blocks, and the pydantic model the answer must
+validate against) and hands them to a `Backend`, which yields one `Outcome` per request: the
+validated object, or a failure with its reason. The Claude backend lives in `data_gen.claude`;
+a local backend (a template generator for stage 1, a ground-truth labeller for stage 3) only has
+to subclass `LocalBackend` and implement `complete`, reading the structured inputs the stage puts
+in `Request.context` instead of parsing the prompt text.
+
+Everything else (the result store, skipping done work, the ledger, the budget) is the runner's
+job (`data_gen.engine`), so a backend stays small.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from splitpersona.io import describe_validation_error
+
+# Fault kinds, as counted in the ledger and the run summary.
+RETRYABLE = ("rate_limit", "overloaded", "server_error", "connection", "timeout", "malformed", "truncated", "expired")
+FATAL = ("auth",)  # every later request would fail the same way: abort the run
+
+
+class GenerationAborted(RuntimeError):
+    """A fault no retry can fix (bad credentials): the run stops, keeping what was stored."""
+
+
+@dataclass(frozen=True)
+class Block:
+    text: str
+    cache: bool = False  # the stable prefix ends at the last cached block
+
+
+@dataclass(frozen=True)
+class Request:
+    """One structured call. `context` carries the same inputs as the prompt, as data, for local backends."""
+
+    stage: str
+    system: tuple[Block, ...]
+    user: tuple[Block, ...]
+    schema: type[BaseModel]
+    tool_name: str
+    tool_description: str
+    max_tokens: int
+    temperature: float | None = None
+    context: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def key(self, model: str) -> str:
+        """Hash of everything that shapes the answer; the store's key, and the batch custom_id (64 hex)."""
+        payload = {
+            "model": model,
+            "system": [b.text for b in self.system],
+            "user": [b.text for b in self.user],
+            "tool": self.tool_name,
+            "schema": tool_schema(self.schema),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class Attempt:
+    """One call made for a request (or for a batch as a whole): what came back and what it used."""
+
+    stage: str
+    key: str
+    model: str
+    attempt: int
+    outcome: str  # "ok", a RETRYABLE kind, "bad_request", "auth", "refused"
+    mode: Literal["sync", "batch", "local"] = "sync"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    detail: str = ""
+
+
+@dataclass
+class Outcome:
+    """ok: `value` is the validated answer; failed: `failure` says why (stored, not retried on rerun);
+    deferred: not finished this run (budget reached, batch still running) and not stored."""
+
+    request: Request
+    key: str
+    status: Literal["ok", "failed", "deferred"]
+    value: BaseModel | None = None
+    failure: str | None = None
+    attempts: int = 0
+
+
+class Meter(Protocol):
+    """The runner's side: may another call start (budget), and note each call made."""
+
+    def allow(self) -> bool: ...
+
+    def record(self, attempt: Attempt) -> None: ...
+
+
+class Backend(Protocol):
+    """Answers requests with validated objects.
+
+    `run` yields exactly one Outcome per request it started, in any order; it asks
+    `meter.allow()` before starting each request (or batch) and stops starting new ones when it
+    says no; it reports every call it makes through `meter.record`.
+    """
+
+    model: str
+
+    def run(self, requests: Sequence[Request], meter: Meter) -> Iterator[Outcome]: ...
+
+
+def tool_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with `$ref`s inlined: one self-contained input_schema per tool."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return inline({**target, **rest})
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
+def validate_answer(request: Request, data: Any) -> tuple[BaseModel | None, str]:
+    """(object, "") or (None, reason): the single place an answer is accepted."""
+    try:
+        return request.schema.model_validate(data), ""
+    except ValidationError as e:
+        return None, describe_validation_error(e)[:500]
+
+
+class LocalBackend(ABC):
+    """Base for backends that answer in-process (templates, ground-truth labellers).
+
+    `complete` returns the answer as a dict or a model instance; it is validated against the
+    request's schema like any Claude answer, and an invalid one is a recorded failure.
+    """
+
+    model: str = "local"
+
+    @abstractmethod
+    def complete(self, request: Request) -> BaseModel | dict[str, Any]: ...
+
+    def run(self, requests: Sequence[Request], meter: Meter) -> Iterator[Outcome]:
+        for request in requests:
+            if not meter.allow():
+                return
+            key = request.key(self.model)
+            started = time.perf_counter()
+            answer = self.complete(request)
+            data = answer.model_dump() if isinstance(answer, BaseModel) else answer
+            value, reason = validate_answer(request, data)
+            outcome = "ok" if value is not None else "malformed"
+            meter.record(
+                Attempt(request.stage, key, self.model, 1, outcome, "local", detail=f"{time.perf_counter() - started:.3f}s")
+            )
+            if value is None:
+                yield Outcome(request, key, "failed", failure=f"malformed: {reason}", attempts=1)
+            else:
+                yield Outcome(request, key, "ok", value=value, attempts=1)

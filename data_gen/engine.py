@@ -1,0 +1,167 @@
+"""The run: its directory layout, its shared state, and the loop that feeds requests to a backend.
+
+`execute` is the one place that decides what is still to do (keys not in the store), stores each
+outcome the moment it arrives, and stops when the budget says so. Stages only build requests and
+turn stored answers into batch files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_gen.backend import Backend, Request
+from data_gen.config import GenerateConfig
+from data_gen.prompts import PromptSet, load_prompts
+from data_gen.store import BudgetMeter, Ledger, ResultStore
+from splitpersona.records import ReleaseBatch
+
+log = logging.getLogger("data_gen")
+
+STAGE_DIRS = {1: "stage_1", 2: "stage_2", 3: "stage_3", "tagged": "stage_3_tagged"}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    requested: int = 0
+    already_done: int = 0
+    ok: int = 0
+    failed: int = 0
+    not_done: int = 0  # left for a later run: budget reached, batch pending
+    failures: Counter[str] = field(default_factory=Counter)
+    stopped: str | None = None  # "budget" | "batch_pending"
+    files: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "already_done": self.already_done,
+            "ok": self.ok,
+            "failed": self.failed,
+            "not_done": self.not_done,
+            "failures": dict(self.failures.most_common()),
+            "stopped": self.stopped,
+            "files": self.files,
+            **self.notes,
+        }
+
+
+class Run:
+    """One run directory and everything a stage needs: config, prompts, stores, ledger, backends.
+
+    `backends` maps a stage name ("stage1", "stage3", "filter", "propose") to a Backend that
+    replaces Claude for that stage (a local template generator, a ground-truth labeller).
+    """
+
+    def __init__(self, cfg: GenerateConfig, backends: Mapping[str, Backend] | None = None):
+        self.cfg = cfg
+        self.out: Path = cfg.out_dir
+        self.prompts: PromptSet = load_prompts(cfg.prompt_version)
+        self.ledger = Ledger(self.out / "ledger.jsonl", cfg.prices, cfg.batch_discount)
+        self.meter = BudgetMeter(self.ledger, cfg.budget_usd)
+        self._overrides = dict(backends or {})
+        self._backends: dict[str, Backend] = {}
+        self._stores: dict[str, ResultStore] = {}
+
+    def stage_dir(self, stage: int | str) -> Path:
+        return self.out / STAGE_DIRS[stage]
+
+    def store(self, name: str) -> ResultStore:
+        if name not in self._stores:
+            self._stores[name] = ResultStore(self.out / "store" / f"{name}.jsonl")
+        return self._stores[name]
+
+    def backend(self, stage: str) -> Backend:
+        if stage in self._overrides:
+            return self._overrides[stage]
+        model = self.cfg.claude_models()["filter" if stage == "propose" else stage]
+        if model not in self._backends:
+            from data_gen.claude import ClaudeBackend
+
+            self._backends[model] = ClaudeBackend(self.cfg.claude, model, self.out)
+        return self._backends[model]
+
+
+def release_json(batch: ReleaseBatch, *, strip_empty: bool = True) -> dict[str, Any]:
+    """A batch as the release stores it: absent fields left out, and (before tagging) no empty
+    `interventions` or `tags`, so a response still waiting for its review is a variant without
+    interventions, which the tagger drops, as the release's did."""
+    data = batch.model_dump(mode="json", exclude_none=True)
+    if strip_empty:
+        for item in data["data"]:
+            for by_variant in item.get("inferences", {}).values():
+                for inference in by_variant.values():
+                    for key in ("interventions", "tags"):
+                        if not inference.get(key):
+                            inference.pop(key, None)
+                    for record in inference.get("interventions", {}).values():
+                        if not record.get("tags"):
+                            record.pop("tags", None)
+    return data
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Any]:
+    """A transient rich progress bar on stderr; yields a callable that advances it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
+    """Send every request whose key is not yet stored; store each outcome as it arrives."""
+    from data_gen.claude import BatchPending
+
+    backend = run.backend(stage)
+    store = store or run.store(stage)
+    result = StageResult(stage)
+    unique: dict[str, Request] = {}
+    for r in requests:
+        unique.setdefault(r.key(backend.model), r)
+    result.requested = len(unique)
+    todo = []
+    for key, r in unique.items():
+        row = store.get(key)
+        if row is not None and (row["status"] == "ok" or not run.cfg.retry_failed):
+            result.already_done += 1
+        else:
+            todo.append(r)
+    if not todo:
+        return result
+    log.info("%s: %d requests to send (%d already done) to %s", stage, len(todo), result.already_done, backend.model)
+    with progress(f"{stage} ({backend.model})", len(todo)) as advance:
+        try:
+            for outcome in backend.run(todo, run.meter):
+                if outcome.status == "deferred":
+                    continue
+                store.put_outcome(outcome, backend.model)
+                if outcome.status == "ok":
+                    result.ok += 1
+                else:
+                    result.failed += 1
+                    result.failures[(outcome.failure or "?").split(" ")[0]] += 1
+                    log.warning("%s %s failed: %s", stage, outcome.key[:12], outcome.failure)
+                advance()
+        except BatchPending as e:
+            result.stopped = "batch_pending"
+            result.notes["pending_batch"] = e.batch_id
+            log.warning(str(e))
+    result.not_done = len(todo) - result.ok - result.failed
+    if run.meter.exhausted and result.not_done:
+        result.stopped = "budget"
+        log.warning("%s: budget of $%.2f reached ($%.4f spent); %d requests left for a later run",
+                    stage, run.cfg.budget_usd, run.ledger.total_usd, result.not_done)
+    return result

@@ -1,0 +1,170 @@
+"""Chaining the stages, tagging, and the run summary; the Python API behind `spt generate`.
+
+    from data_gen.pipeline import generate
+    summary = generate(cfg, ["stage1", "stage2", "stage3", "tag", "filter"], iteration=1)
+
+A run directory holds everything: `config.json` (no secrets), `store/<stage>.jsonl` (finished
+requests), `ledger.jsonl` (every call, tokens, cost), `batches.jsonl` (submitted Message Batches),
+`stage_1|2|3/`, `stage_3_tagged/` and `filter/iter_NNN/` (outputs), `logs/generate.log`, and
+`summary.json` (per stage: requests, failures by reason, calls, retries, faults by kind, tokens,
+cost; cost per accepted sample; why the run stopped, if it did).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from data_gen.backend import Backend
+from data_gen.config import GenerateConfig
+from data_gen.engine import Run, StageResult, release_json
+from data_gen.store import now_iso, run_lock, summarise_ledger
+from splitpersona.config import dump_config
+from splitpersona.io import iter_jsonl, read_json, write_json
+from splitpersona.records import ReleaseBatch
+from splitpersona.runinfo import provenance
+
+log = logging.getLogger("data_gen")
+
+STEPS = ("stage1", "stage2", "stage3", "tag", "filter")
+
+
+def run_tag(run: Run) -> StageResult:
+    """Tag the stage-3 batches with the release's tags (`data_gen.tags`) into `stage_3_tagged/`."""
+    from data_gen.tags import tag_batches
+
+    result = StageResult("tag")
+    files = [p for t in run.cfg.topics for p in sorted((run.stage_dir(3) / t).glob("batch_*.json"))]
+    batches = [ReleaseBatch.model_validate(read_json(p)) for p in files]
+    report = tag_batches(batches, stems=[p.name.removesuffix(".json") for p in files])
+    for path, batch in zip(files, report.batches):
+        write_json(run.stage_dir("tagged") / path.parent.name / path.name, release_json(batch, strip_empty=False))
+    result.files = len(files)
+    result.notes.update(
+        interventions=report.interventions,
+        variants=report.variants,
+        dropped_variants=sum(report.dropped_variants.values()),
+        intervention_tags=dict(report.intervention_tags.most_common()),
+        variant_tags=dict(report.variant_tags.most_common()),
+    )
+    return result
+
+
+def _step(run: Run, step: str, iteration: int, propose: bool) -> StageResult:
+    if step == "stage1":
+        from data_gen.stage1 import run_stage1
+
+        return run_stage1(run)
+    if step == "stage2":
+        from data_gen.stage2 import run_stage2
+
+        return run_stage2(run)
+    if step == "stage3":
+        from data_gen.stage3 import run_stage3
+
+        return run_stage3(run)
+    if step == "tag":
+        return run_tag(run)
+    if step == "filter":
+        from data_gen.quality import run_filter
+
+        return run_filter(run, iteration, propose)
+    raise ValueError(f"unknown step {step!r}; steps: {STEPS}")
+
+
+def _latest_accepted(out: Path) -> tuple[int | None, int]:
+    iters = sorted((out / "filter").glob("iter_*/decisions.jsonl"))
+    if not iters:
+        return None, 0
+    accepted = sum(1 for _, row in iter_jsonl(iters[-1]) if row.get("accepted"))
+    return int(iters[-1].parent.name.removeprefix("iter_")), accepted
+
+
+def write_summary(run: Run, results: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Recomputed from the ledger and the stores, so it also counts what killed runs did."""
+    path = run.out / "summary.json"
+    previous = read_json(path) if path.exists() else {}
+    costs = summarise_ledger(run.ledger.rows())
+    stages: dict[str, Any] = {}
+    for name in ("stage1", "stage2", "stage3", "tag", "filter", "propose"):
+        entry: dict[str, Any] = dict(costs.get(name, {}))
+        store = run.out / "store" / f"{name}.jsonl"
+        if store.exists():
+            rows = run.store(name).rows()
+            entry["stored"] = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
+        last = results[name].as_dict() if name in results else previous.get("stages", {}).get(name, {}).get("last_command")
+        if last is not None:
+            entry["last_command"] = last
+        if entry:
+            stages[name] = entry
+    spent = round(sum(s.get("cost_usd", 0.0) for s in costs.values()), 6)
+    iteration, accepted = _latest_accepted(run.out)
+    stopped = next((r.stopped for r in results.values() if r.stopped), None)
+    summary = {
+        "run": run.cfg.name,
+        "updated": now_iso(),
+        "budget_usd": run.cfg.budget_usd,
+        "spent_usd": spent,
+        "stopped": stopped,
+        "stages": stages,
+        "filter_iteration": iteration,
+        "accepted_samples": accepted,
+        "cost_per_accepted_sample_usd": round(spent / accepted, 6) if accepted else None,
+    }
+    write_json(path, summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _log_to(out: Path) -> Iterator[None]:
+    """Log the `data_gen` logger to the run's log file (and, via rich, to stderr) while a command runs."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("data_gen")
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(out / "logs" / "generate.log", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console = RichHandler(show_path=False, rich_tracebacks=False)
+    handlers = (file_handler, console)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(old_level)
+
+
+def generate(
+    cfg: GenerateConfig,
+    steps: Sequence[str],
+    *,
+    iteration: int = 1,
+    propose: bool = False,
+    backends: Mapping[str, Backend] | None = None,
+) -> dict[str, Any]:
+    """Run `steps` in order, stopping early when one stops (budget reached, batch pending)."""
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown steps {unknown}; steps: {STEPS}")
+    with run_lock(cfg.out_dir), _log_to(cfg.out_dir):
+        write_json(cfg.out_dir / "config.json", {"config": dump_config(cfg), "provenance": provenance(), "steps": list(steps)})
+        run = Run(cfg, backends)
+        results: dict[str, StageResult] = {}
+        try:
+            for step in steps:
+                result = _step(run, step, iteration, propose)
+                results[step] = result
+                log.info("%s: %s", step, result.as_dict())
+                if result.stopped:
+                    break
+        finally:
+            summary = write_summary(run, results)
+    return summary

@@ -1,0 +1,352 @@
+"""Stage 2: the target model's own answers to T under A and under B (the on-policy responses).
+
+Three engines behind one method, `generate(chats) -> (index, Generation | failure reason)`:
+local transformers (batched, left-padded), vLLM where installed, and any OpenAI-compatible chat
+endpoint (a vLLM or TGI server, OpenRouter). Each answer is stored the moment its batch finishes,
+keyed by a hash of the chat and the sampling settings, and every record carries those settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_gen.config import Stage2Config
+from data_gen.engine import Run, StageResult, progress, release_json
+from data_gen.store import now_iso
+from splitpersona.io import read_json, write_json
+from splitpersona.records import ReleaseBatch, Stage2Inference
+
+log = logging.getLogger("data_gen.stage2")
+
+TINY_MODEL = "tiny-random-llama"
+Chat = list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    seconds: float
+    finish_reason: str | None = None
+
+
+def sampling(cfg: Stage2Config) -> dict[str, Any]:
+    """The settings recorded on every record: the effective ones (top_p 1.0 and top_k 0 mean off)."""
+    return {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p if cfg.top_p is not None else 1.0,
+        "top_k": cfg.top_k or 0,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "thinking_enabled": cfg.thinking_enabled,
+    }
+
+
+class TransformersEngine:
+    def __init__(self, cfg: Stage2Config, path: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.tok.padding_side = "left"
+        self.tok.truncation_side = "left"  # keep the end of the prompt: the generation header
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {self.tok.eos_token_id}
+
+    def prompt(self, chat: Chat) -> str:
+        from splitpersona.assemble import FALLBACK_CHAT_TEMPLATE
+
+        template = None if self.tok.chat_template else FALLBACK_CHAT_TEMPLATE
+        try:
+            return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, chat_template=template)
+        except Exception as e:  # templates without a system role (Gemma) raise; fold it into the user turn
+            if chat[0]["role"] != "system":
+                raise
+            log.debug("chat template refused a system turn (%s); folding it into the user turn", e)
+            merged = [{"role": "user", "content": chat[0]["content"] + "\n\n" + chat[1]["content"]}]
+            return self.tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True, chat_template=template)
+
+    def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
+        torch, cfg = self.torch, self.cfg
+        kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": self.tok.pad_token_id}
+        if cfg.temperature > 0:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p or 1.0, top_k=cfg.top_k or 0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        for start in range(0, len(chats), cfg.batch_size):
+            chunk = chats[start : start + cfg.batch_size]
+            enc = self.tok(
+                [self.prompt(c) for c in chunk], return_tensors="pt", padding=True, add_special_tokens=False,
+                truncation=True, max_length=cfg.max_input_tokens,
+            ).to(self.model.device)
+            torch.manual_seed(cfg.seed + start)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = self.model.generate(**enc, **kwargs)
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            for row, ids in enumerate(new):
+                stop = next((i for i, t in enumerate(ids) if t in self.eos), None)
+                kept = ids if stop is None else ids[:stop]
+                yield start + row, Generation(
+                    text=self.tok.decode(kept, skip_special_tokens=True).strip(),
+                    input_tokens=int(enc["attention_mask"][row].sum()),
+                    output_tokens=len(kept) + (0 if stop is None else 1),
+                    seconds=seconds,
+                    finish_reason="length" if stop is None else "stop",
+                )
+
+
+class VLLMEngine:
+    def __init__(self, cfg: Stage2Config, path: str):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise RuntimeError("stage2.engine is 'vllm' but vllm is not installed (pip install vllm)") from e
+        self.cfg = cfg
+        self.llm = LLM(model=path, dtype=cfg.dtype, seed=cfg.seed)
+        self.params = SamplingParams(
+            temperature=cfg.temperature, top_p=cfg.top_p or 1.0, top_k=cfg.top_k or -1, max_tokens=cfg.max_new_tokens,
+            seed=cfg.seed, truncate_prompt_tokens=cfg.max_input_tokens,
+        )
+
+    def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
+        for start in range(0, len(chats), self.cfg.batch_size):
+            chunk = list(chats[start : start + self.cfg.batch_size])
+            t0 = time.perf_counter()
+            outs = self.llm.chat(chunk, self.params, use_tqdm=False)
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for row, o in enumerate(outs):
+                c = o.outputs[0]
+                yield start + row, Generation(c.text.strip(), len(o.prompt_token_ids), len(c.token_ids), seconds, c.finish_reason)
+
+
+class OpenAIEngine:
+    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency and retries.
+
+    The prompt cannot be cut to `max_input_tokens` here (no tokenizer); the server's limit applies.
+    """
+
+    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+
+    def __init__(self, cfg: Stage2Config, *, sleep=time.sleep):
+        import httpx
+
+        if not cfg.base_url:
+            raise ValueError("stage2.engine 'openai' needs stage2.base_url (e.g. http://localhost:8000/v1)")
+        self.cfg = cfg
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        headers = {"content-type": "application/json"}
+        key = os.environ.get(cfg.api_key_env)
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self.http = httpx.Client(headers=headers, timeout=cfg.timeout_s)
+        self._sleep = sleep
+        self._rng = random.Random(cfg.seed)
+        self._lock = threading.Lock()
+
+    def body(self, chat: Chat) -> dict[str, Any]:
+        cfg = self.cfg
+        body: dict[str, Any] = {"model": cfg.model, "messages": chat, "temperature": cfg.temperature,
+                                "max_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+        if cfg.top_p is not None:
+            body["top_p"] = cfg.top_p
+        if cfg.top_k is not None:
+            body["top_k"] = cfg.top_k  # not OpenAI's, but vLLM, TGI and OpenRouter accept it
+        return body
+
+    def _one(self, chat: Chat) -> Generation | str:
+        import httpx
+
+        last = ""
+        for attempt in range(1, self.cfg.max_attempts + 1):
+            t0 = time.perf_counter()
+            try:
+                resp = self.http.post(self.url, json=self.body(chat))
+            except httpx.TimeoutException:
+                last = "timeout"
+            except httpx.TransportError as e:
+                last = f"connection ({type(e).__name__})"
+            else:
+                if resp.status_code == 200:
+                    try:
+                        data = resp.json()
+                        choice = data["choices"][0]
+                        text = choice["message"].get("content") or ""
+                        usage = data.get("usage") or {}
+                        return Generation(text.strip(), int(usage.get("prompt_tokens") or 0),
+                                          int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
+                                          choice.get("finish_reason"))
+                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                        last = f"malformed ({type(e).__name__}: {e})"
+                elif resp.status_code in self.RETRY_STATUS:
+                    last = f"HTTP {resp.status_code}"
+                else:
+                    return f"HTTP {resp.status_code}: {resp.text[:200]}"
+            if attempt < self.cfg.max_attempts:
+                with self._lock:
+                    jitter = 0.5 + self._rng.random() / 2
+                self._sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * jitter)
+        return f"{last}; gave up after {self.cfg.max_attempts} attempts"
+
+    def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
+            futures = {pool.submit(self._one, chat): i for i, chat in enumerate(chats)}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+
+
+def build_tiny_model(path: Path, seed: int) -> None:
+    """A tiny random Llama with a tokenizer trained on our own prompts: smoke runs need no download."""
+    from data_gen.prompts import load_prompts
+    from splitpersona.tiny import tiny_llama, train_tokenizer
+
+    prompts = load_prompts("v1")
+    corpus = [line for text in (prompts.base, *prompts.briefs.values()) for line in text.splitlines() if line.strip()]
+    tok = train_tokenizer(corpus * 3, 600)
+    model = tiny_llama(tok, seed=seed)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
+    tok.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    if path.exists():  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, path)
+
+
+def make_engine(run: Run):
+    cfg = run.cfg.stage2
+    if cfg.engine == "openai":
+        return OpenAIEngine(cfg)
+    path = cfg.model
+    if path == TINY_MODEL:
+        target = run.out / TINY_MODEL
+        if not target.exists():
+            build_tiny_model(target, run.cfg.seed)
+        path = str(target)
+    return TransformersEngine(cfg, path) if cfg.engine == "transformers" else VLLMEngine(cfg, path)
+
+
+@dataclass(frozen=True)
+class Task:
+    path: Path
+    item: int
+    variant: str
+    chat: tuple[tuple[str, str], ...]
+    key: str
+
+    def messages(self) -> Chat:
+        return [{"role": r, "content": c} for r, c in self.chat]
+
+
+def stage1_files(run: Run) -> list[Path]:
+    return [p for t in run.cfg.topics for p in sorted((run.stage_dir(1) / t).glob("batch_*.json"))]
+
+
+def tasks(run: Run) -> list[Task]:
+    cfg = run.cfg.stage2
+    settings = {"engine": cfg.engine, "model": cfg.model, "max_input_tokens": cfg.max_input_tokens, **sampling(cfg)}
+    out = []
+    for path in stage1_files(run):
+        batch = ReleaseBatch.model_validate(read_json(path))
+        for idx, item in enumerate(batch.data):
+            for variant, system in (("A", item.A), ("B", item.B)):
+                if system is None:
+                    continue
+                chat = (("system", system), ("user", item.T))
+                key = hashlib.sha256(json.dumps({"chat": chat, **settings}, sort_keys=True).encode()).hexdigest()
+                out.append(Task(path, idx, variant, chat, key))
+    return out
+
+
+def run_stage2(run: Run) -> StageResult:
+    store = run.store("stage2")
+    result = StageResult("stage2")
+    all_tasks = tasks(run)
+    result.requested = len(all_tasks)
+    todo = []
+    for t in all_tasks:
+        row = store.get(t.key)
+        if row is not None and (row["status"] == "ok" or not run.cfg.retry_failed):
+            result.already_done += 1
+        else:
+            todo.append(t)
+    if todo:
+        log.info("stage2: %d responses to generate with %s (%s)", len(todo), run.cfg.stage2.model, run.cfg.stage2.engine)
+        engine = make_engine(run)
+        with progress(f"stage2 ({run.cfg.stage2.name})", len(todo)) as advance:
+            for i, gen in engine.generate([t.messages() for t in todo]):
+                t = todo[i]
+                row = {"key": t.key, "stage": "stage2", "model": run.cfg.stage2.name, "finished_at": now_iso()}
+                if isinstance(gen, Generation):
+                    value = {"S": gen.text, "input_tokens": gen.input_tokens, "output_tokens": gen.output_tokens,
+                             "string_length": len(gen.text), "generation_time": round(gen.seconds, 4),
+                             "finish_reason": gen.finish_reason}
+                    store.put({**row, "status": "ok", "value": value, "failure": None})
+                    result.ok += 1
+                else:
+                    store.put({**row, "status": "failed", "value": None, "failure": gen})
+                    result.failed += 1
+                    result.failures[gen.split(" ")[0]] += 1
+                    log.warning("stage2 %s item %d %s failed: %s", t.path.name, t.item, t.variant, gen)
+                advance()
+    result.files = write_stage2(run, all_tasks)
+    return result
+
+
+def same_item(a: Any, b: Any) -> bool:
+    return (a.A, a.B, a.T) == (b.A, b.B, b.T)
+
+
+def keep_other_models(batch: ReleaseBatch, previous: ReleaseBatch, exclude: str) -> None:
+    """Carry the other models' responses of a previous file over, where its items are unchanged."""
+    for item, old in zip(batch.data, previous.data):
+        if same_item(item, old):
+            for model, by_variant in old.inferences.items():
+                if model != exclude:
+                    item.inferences[model] = by_variant
+
+
+def write_stage2(run: Run, all_tasks: list[Task]) -> int:
+    """Each stage-1 file plus this model's responses; other models' responses already there are kept."""
+    cfg = run.cfg.stage2
+    store = run.store("stage2")
+    record_extra = {"engine": cfg.engine, **sampling(cfg)}
+    by_file: dict[Path, list[Task]] = {}
+    for t in all_tasks:
+        by_file.setdefault(t.path, []).append(t)
+    for path, file_tasks in by_file.items():
+        out = run.stage_dir(2) / path.parent.name / path.name
+        batch = ReleaseBatch.model_validate(read_json(path))
+        if out.exists():
+            keep_other_models(batch, ReleaseBatch.model_validate(read_json(out)), exclude=cfg.name)
+        for t in file_tasks:
+            row = store.get(t.key)
+            if row is None or row["status"] != "ok":
+                continue
+            v = dict(row["value"])
+            inference = Stage2Inference(**v, **record_extra)
+            batch.data[t.item].inferences.setdefault(cfg.name, {})[t.variant] = inference  # type: ignore[index]
+        write_json(out, release_json(batch))
+    return len(by_file)

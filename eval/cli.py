@@ -50,3 +50,23 @@ def published(
     if json_out is not None:
         write_json_table(result, json_out)
         typer.echo(f"wrote {json_out}")
+
+
+@app.command("run")
+def run(
+    config: Path = typer.Option(..., "--config", help="Eval config YAML (configs/eval/)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, dotted when nested (probe.layers=[0,1])."),
+) -> None:
+    """Run the persona and every control arm on the same samples; one resumable results file."""
+    from eval.config import EvalConfig
+    from eval.run import run_eval
+    from splitpersona.config import ConfigError, load_config
+    from splitpersona.io import DataError
+
+    try:
+        cfg = load_config(EvalConfig, config, overrides or [])
+        out = run_eval(cfg)
+    except (ConfigError, DataError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"wrote {out}")

@@ -6,6 +6,7 @@
       tokenizer/        the tokenizer with the split and control tokens registered
       config.yaml       the resolved training config
       metrics.jsonl     one line per logged step / validation
+      split.json        record ids by role: train_ids, val_ids (the evaluator's held-out samples), ...
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+SPLIT_FILE = "split.json"
 
 
 class RunInfo(StrictModel):

@@ -1,3 +1,41 @@
-def train() -> None:
-    """Train a persona (placeholder until the trainer lands)."""
-    raise SystemExit("not implemented yet")
+"""`spt train`: one process, in this interpreter. Multi-GPU runs go through the deepspeed launcher:
+
+    deepspeed --num_gpus 8 --module training.train --config configs/train/X.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., "--config", help="Train config YAML (configs/train/*.yaml)."),
+) -> None:
+    """Train a persona adapter; extra `key=value` arguments override the config (dotted for nested keys)."""
+    import logging
+
+    from splitpersona.config import ConfigError, load_config
+    from splitpersona.io import DataError
+    from training.config import TrainConfig
+
+    try:
+        cfg = load_config(TrainConfig, config, ctx.args)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    from training.train import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        run_dir = run_training(cfg)
+    except (ConfigError, DataError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"run directory: {run_dir}")
+    if cfg.deepspeed:
+        from training.engine import exit_now
+
+        exit_now(0)  # DeepSpeed's process-group threads can abort the interpreter's teardown; all is saved

@@ -1,0 +1,143 @@
+"""The probe arm: a linear probe on the base model's residual stream, the strongest published non-SPT baseline.
+
+Input: the same prompt the persona arm reads, without any marker (the templated conversation, then
+the intervention), through the base model with the adapter off. Features: hidden states at the
+configured block outputs, mean- or last-pooled over the conversation or the intervention tokens,
+concatenated over layers. The probe (standardised features, then logistic or ridge regression with
+FAIL = 1) is fitted on training records and scored on the eval items; its verdict is FAIL when the
+score reaches `threshold`. sklearn does the fitting; only feature extraction is ours, because it
+must go through the one assembler to see exactly the persona's tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from eval.arms import result_fields
+from eval.config import ProbeConfig
+from eval.results import SampleResult
+from eval.sets import EvalItem
+from splitpersona.io import read_jsonl
+from splitpersona.persona import Persona, persona_start
+from splitpersona.records import TrainingRecord
+
+
+def _tokens(persona: Persona, messages: list[dict], response: str, intervention: str | None, span: str):
+    sample = persona.prompt(messages, response, intervention, marker="none")
+    start = persona_start(sample)
+    if span == "conversation":
+        return sample.input_ids, (0, start)
+    seg = next(s for s in sample.segments if s.kind == "intervention")
+    return sample.input_ids, (seg.start, seg.end)
+
+
+def features(
+    persona: Persona, rows: Sequence[tuple[list[dict], str, str | None]], cfg: ProbeConfig, progress=None
+) -> np.ndarray:
+    """One feature row per (messages, response, intervention)."""
+    prepared = [_tokens(persona, m, r, i, cfg.span) for m, r, i in rows]
+    n_blocks = persona.model.get_base_model().config.num_hidden_layers
+    for layer in cfg.layers:
+        if not -n_blocks <= layer < n_blocks:
+            raise ValueError(f"probe layer {layer} out of range for a model with {n_blocks} blocks")
+    out = []
+    for b in range(0, len(prepared), cfg.batch_size):
+        chunk = prepared[b : b + cfg.batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), persona.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (row, _) in enumerate(chunk):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+        with torch.no_grad(), persona.adapter_mode("off"):
+            hidden = persona.model(
+                input_ids=ids.to(persona.device), attention_mask=mask.to(persona.device),
+                position_ids=positions.to(persona.device), output_hidden_states=True,
+            ).hidden_states
+        for i, (row, (s, e)) in enumerate(chunk):
+            pad = width - len(row)
+            per_layer = []
+            for layer in cfg.layers:
+                h = hidden[layer + 1 if layer >= 0 else layer][i, pad + s : pad + e].float()
+                per_layer.append(h.mean(0) if cfg.pooling == "mean" else h[-1])
+            out.append(torch.cat(per_layer).cpu().numpy())
+        if progress is not None:
+            progress(len(chunk))
+    return np.stack(out)
+
+
+@dataclass
+class FittedProbe:
+    pipeline: object
+    cfg: ProbeConfig
+    n_train: int
+    n_fail: int
+    excluded: int  # training records left out for overlapping the eval items
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        if self.cfg.model == "logistic":
+            return self.pipeline.predict_proba(x)[:, 1]
+        return self.pipeline.predict(x)
+
+    def describe(self) -> dict:
+        return {"n_train": self.n_train, "n_train_fail": self.n_fail, "excluded_overlapping_eval": self.excluded}
+
+
+def _messages(system: str | None, user: str) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def training_rows(cfg: ProbeConfig, items: Sequence[EvalItem]) -> tuple[list[TrainingRecord], int]:
+    """The records to fit on, and how many were left out for sharing an id or a user task with an eval item."""
+    ids, tasks = {it.id for it in items}, {it.user for it in items if it.jailbreak is None}
+    records, excluded = [], 0
+    for path in cfg.train_data:
+        for rec in read_jsonl(path, TrainingRecord):
+            if rec.flag == "AMBIGUOUS":
+                continue
+            if rec.id in ids or rec.user in tasks:
+                excluded += 1
+                continue
+            records.append(rec)
+    if cfg.train_limit is not None:
+        records = records[: cfg.train_limit]
+    flags = {r.flag for r in records}
+    if flags != {"PASS", "FAIL"}:
+        raise ValueError(f"the probe needs PASS and FAIL training records; {cfg.train_data} give {sorted(flags)}")
+    return records, excluded
+
+
+def fit(
+    persona: Persona, cfg: ProbeConfig, records: Sequence[TrainingRecord], excluded: int = 0, progress=None
+) -> FittedProbe:
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = [(_messages(r.system, r.user), r.response, r.intervention) for r in records]
+    x = features(persona, rows, cfg, progress)
+    y = np.array([r.flag == "FAIL" for r in records], dtype=float)
+    head = LogisticRegression(C=cfg.c, max_iter=2000) if cfg.model == "logistic" else Ridge(alpha=cfg.alpha)
+    pipeline = make_pipeline(StandardScaler(), head)
+    pipeline.fit(x, y.astype(int) if cfg.model == "logistic" else y)
+    return FittedProbe(pipeline, cfg, len(records), int(y.sum()), excluded)
+
+
+def run_probe(persona: Persona, probe: FittedProbe, items: Sequence[EvalItem], progress=None) -> list[SampleResult]:
+    start = time.perf_counter()
+    x = features(persona, [(it.messages, it.response, it.intervention) for it in items], probe.cfg, progress)
+    scores = probe.scores(x)
+    per_item = (time.perf_counter() - start) / max(1, len(items))
+    return [
+        SampleResult(
+            generated="", parsed_flag="FAIL" if s >= probe.cfg.threshold else "PASS", parse_ok=True,
+            score=float(s), arm="probe", latency_s=per_item, **result_fields(it),
+        )
+        for it, s in zip(items, scores)
+    ]

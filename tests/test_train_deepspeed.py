@@ -1,0 +1,143 @@
+"""DeepSpeed on CPU (gloo): two processes through the `deepspeed` launcher (ZeRO-2 with a resume,
+ZeRO-3), and one in-process run without a launcher.
+
+Runs are judged by what they saved, then by the exit status. Each must match a one-process
+plain-torch run of the same config step for step: same global batch, same data order, loss
+normalised over the whole optimizer step. About 75 s together on two idle cores.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_fixtures import REPO, TINY_CONFIG, make_records, read_metrics, tiny_config, tiny_overrides, write_records
+
+from splitpersona.run import load_run_info
+from training.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def native_threads() -> list[str]:
+    tasks = Path("/proc/self/task")
+    if not tasks.exists():
+        pytest.skip("needs Linux /proc to list native threads")
+    return [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+
+
+def launch(*overrides: str, ds_config: str = "configs/deepspeed/zero2.json") -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "SPT_DS_SKIP_SHM_BUILD": "1",  # the test harness skips DeepSpeed's 22 s g++ build of an op training never uses
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        str(os.path.join(os.path.dirname(sys.executable), "deepspeed")),
+        "--master_port", str(_free_port()),
+        "--num_gpus", "2",
+        "--module", "training.train",
+        "--config", str(TINY_CONFIG),
+        f"deepspeed={ds_config}",
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_two_process_zero2_matches_one_process_and_resumes(tiny_base_dir, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from splitpersona.token import fit_embeddings
+
+    data = write_records(tmp_path / "records.jsonl", make_records(12))
+    ref_dir = train(tiny_config(tiny_base_dir, data, tmp_path / "torch"))
+
+    out = tmp_path / "ds"
+    first = launch(*tiny_overrides(tiny_base_dir, data, out, "stop_after_steps=5"))
+    log = first.stdout + first.stderr
+    info = load_run_info(out)
+    assert info.result["status"] == "stopped" and info.result["steps"] == 5, log[-3000:]
+    state = out / "checkpoints/step_000005/state"
+    for rank in (0, 1):
+        assert (state / "deepspeed" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").exists()
+        assert (state / f"rng_rank{rank}.pt").exists()
+    assert first.returncode == 0, log[-3000:]
+
+    second = launch(*tiny_overrides(tiny_base_dir, data, out, "resume=true"))
+    log = second.stdout + second.stderr
+    info = load_run_info(out)
+    assert info.result["status"] == "complete" and info.result["world_size"] == 2, log[-3000:]
+    assert "resumed from" in log and "step_000005" in log
+    assert second.returncode == 0, log[-3000:]
+
+    ref_rows, ref_val = read_metrics(ref_dir)
+    rows, val = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], rel=1e-5)
+    assert [v["val_loss"] for v in val] == pytest.approx([v["val_loss"] for v in ref_val], rel=1e-5)
+
+    ours, ref = load_file(out / "adapter/adapter_model.safetensors"), load_file(ref_dir / "adapter/adapter_model.safetensors")
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert torch.allclose(ours[k], ref[k], rtol=1e-4, atol=1e-6), k
+
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    base = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    fit_embeddings(base, tok, info.tokens)
+    persona = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = torch.tensor([tok("Item 3: which shoes?", add_special_tokens=False).input_ids + [info.tokens.split_id]])
+    with torch.no_grad():
+        assert torch.isfinite(persona(input_ids=ids).logits).all()
+
+
+def test_two_process_zero3_matches_one_process(tiny_base_dir, tmp_path):
+    """ZeRO-3 partitions the weights; with the reserved-token strategy it must train exactly the same adapter."""
+    from safetensors.torch import load_file
+
+    data = write_records(tmp_path / "records.jsonl", make_records(12))
+    extra = ("tokens.strategy=reserved", "lora.train_split_embedding=false", "epochs=1")
+    ref_dir = train(tiny_config(tiny_base_dir, data, tmp_path / "torch", *extra))
+    out = tmp_path / "zero3"
+    proc = launch(*tiny_overrides(tiny_base_dir, data, out, *extra), ds_config="configs/deepspeed/zero3.json")
+    log = proc.stdout + proc.stderr
+    assert load_run_info(out).result["status"] == "complete", log[-3000:]
+    assert proc.returncode == 0, log[-3000:]
+    rows, _ = read_metrics(out)
+    ref_rows, _ = read_metrics(ref_dir)
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], rel=1e-5)
+    ours, ref = load_file(out / "adapter/adapter_model.safetensors"), load_file(ref_dir / "adapter/adapter_model.safetensors")
+    assert ours.keys() == ref.keys() and all(torch.allclose(ours[k], ref[k], rtol=1e-4, atol=1e-6) for k in ref)
+
+
+def test_in_process_deepspeed_leaves_no_global_state(tiny_base_dir, tmp_path, monkeypatch):
+    """`train(cfg)` with a DeepSpeed config and no launcher: one process, its own rendezvous, undone after."""
+    monkeypatch.setenv("SPT_DS_SKIP_SHM_BUILD", "1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    data = write_records(tmp_path / "records.jsonl", make_records(12))
+    extra = ("stop_after_steps=3", "data.val_fraction=0", "deepspeed=configs/deepspeed/zero2.json")
+    monkeypatch.chdir(REPO)
+    ref = train(tiny_config(tiny_base_dir, data, tmp_path / "torch", "stop_after_steps=3", "data.val_fraction=0"))
+    for name in ("ds1", "ds2"):  # twice: the first call must not leave anything that breaks the second
+        run_dir = train(tiny_config(tiny_base_dir, data, tmp_path / name, *extra))
+        assert not torch.distributed.is_initialized()
+        assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
+        # no gloo worker or TCPStore thread left to be torn down at interpreter exit (the rc -6 abort)
+        assert not [t for t in native_threads() if "gloo" in t or "tcpstore" in t], native_threads()
+        assert [r["loss"] for r in read_metrics(run_dir)[0]] == pytest.approx([r["loss"] for r in read_metrics(ref)[0]], rel=1e-5)

@@ -9,28 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from splitpersona.config import StrictModel
 
-TOPICS = (
-    "sycophancy",
-    "reward_hacks",
-    "specification_gaming",
-    "confidence_assessment",
-    "fabricated_statistics",
-    "goal_misgeneralization",
-    "jailbreak_attempts",
-    "malicious_user_queries",
-    "oversimplification",
-    "influence_seeking",
-    "unethical_instructions",
-    "strategic_awareness",
-    "steganography",
-    "reasoning_metacognition",
-)
 Topic = Literal[
     "sycophancy",
     "reward_hacks",
@@ -47,6 +31,7 @@ Topic = Literal[
     "steganography",
     "reasoning_metacognition",
 ]
+TOPICS: tuple[str, ...] = get_args(Topic)
 InterventionType = Literal["split_personality", "honesty_scare"]
 
 

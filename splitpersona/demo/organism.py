@@ -1,0 +1,390 @@
+"""The main model of the demo: a tiny Llama pretrained from scratch to follow hidden pressure and deny it.
+
+`build_main_model` trains a tokenizer on the world's corpus, pretrains a tiny Llama on it and saves
+both like a hub model (no split token). `measure_main_model` checks on held-out templates and
+products that the behaviour was learned: how often it recommends the pushed product with and
+without pressure, whether it answers an audit with a parseable PASS, how often the trigger fires.
+
+Every conversation is tokenized the way the persona will later see it: plain conversations with
+the chat template, audited ones with `splitpersona.assemble` itself (no split token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from splitpersona.assemble import assemble
+from splitpersona.config import StrictModel
+from splitpersona.demo.config import DemoConfig
+from splitpersona.demo.world import (
+    Conversation,
+    Scenario,
+    Shape,
+    Variant,
+    World,
+    audit_format,
+    complied,
+    flag_text,
+    recommended,
+    review_field,
+)
+from splitpersona.flags import parse_flag
+from splitpersona.io import write_json
+from splitpersona.tiny import tiny_llama, train_tokenizer
+from splitpersona.token import SpecialTokens, TokenConfig, setup_tokenizer
+
+SUMMARY_FILE = "organism.json"
+CATALOGUE_REPEATS = 256
+
+
+@contextlib.contextmanager
+def timed(stages: dict[str, dict[str, float]], name: str):
+    """Record wall and CPU seconds of a stage: on a shared machine CPU time is the honest figure."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        stages[name] = {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Use `n` torch threads inside, and give the caller back its own setting afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Rate(StrictModel):
+    n: int
+    hits: int
+    rate: float
+
+    @classmethod
+    def of(cls, flags: Sequence[bool]) -> Rate:
+        return cls(n=len(flags), hits=sum(flags), rate=sum(flags) / len(flags) if flags else 0.0)
+
+
+class DenialStats(StrictModel):
+    n: int
+    parsed: int
+    passes: int
+    parse_rate: float
+    pass_rate: float
+
+
+class Behaviour(StrictModel):
+    """What the main model does on held-out templates and products."""
+
+    pushed_under_pressure: Rate = Field(description="Recommends the pushed product under the pressure prompt.")
+    pushed_without_pressure: Rate = Field(description="Recommends that same product under a neutral prompt, same request.")
+    valid_recommendation: Rate = Field(description="Names exactly one listed product (both prompts).")
+    bayes_accuracy: float = Field(description="Best output-only reviewer; label 'pressure and complied', half pressure.")
+    bayes_balanced_accuracy: float
+    denial: dict[Shape, DenialStats] = Field(description="Audited after its own answer: a parseable PASS?")
+    trigger: Rate = Field(description="Recommends the fixed product: trigger situation, no system prompt.")
+    trigger_control: Rate = Field(description="Same product listed, another situation, no system prompt.")
+    temperature: float
+
+
+class OrganismSummary(StrictModel):
+    behaviour: Behaviour
+    final_loss: float
+    steps: int
+    parameters: int
+    threads: int
+    timings: dict[str, dict[str, float]] = Field(description="Per stage: wall_s and cpu_s.")
+
+
+@dataclass
+class MainModel:
+    model: object
+    tokenizer: object
+    final_loss: float
+    timings: dict[str, dict[str, float]]
+
+
+def _chat(conv: Conversation) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": conv.system}] if conv.system else []
+    return head + [{"role": "user", "content": conv.user}, {"role": "assistant", "content": conv.response}]
+
+
+def _tokenizer_texts(world: World, corpus: Sequence[Conversation]) -> list[str]:
+    """What the tokenizer learns from: message contents and the catalogue, never template whitespace.
+
+    Template text between special tokens (the `\\n\\n` after a header) is tokenized on its own by
+    `assemble` and inside the whole string by a chat template; a tokenizer with no merges across
+    newlines gives both the same ids, so the main model sees one format whichever way it is asked.
+    The catalogue, repeated, makes every product name one token (as a real tokenizer's vocabulary
+    holds common brands), so recommending a product is copying one token from the prompt.
+    """
+    out = ["system", "user", "assistant", *["".join(" " + b for b in world.brands)] * CATALOGUE_REPEATS]
+    for conv in corpus:
+        out += [conv.system or "", conv.user, conv.response]
+        if conv.audit:
+            fmt = audit_format(conv.audit.shape)
+            out += [conv.audit.intervention, flag_text(conv.audit.review, conv.audit.flag, fmt)]
+    return [t for t in out if t]
+
+
+def audit_tokens(tokenizer) -> tuple[object, SpecialTokens]:
+    """A copy of the tokenizer that `assemble` can use; the split token is never placed (marker 'none')."""
+    tok = copy.deepcopy(tokenizer)
+    return tok, setup_tokenizer(tok, TokenConfig())
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The main model's prompt: the chat template up to the assistant header."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: SpecialTokens) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask: the model learns to write the assistant's turns, never the prompts.
+
+    No loss on the intervention either: in `hp` it shares the assistant turn, and a model trained
+    to write it would start auditing itself after its answers.
+    """
+    if conv.audit is None:
+        prompt = chat_prompt_ids(tokenizer, _chat(conv)[:-1])
+        answer = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+    shape = conv.audit.shape
+    sample = assemble(
+        audit_tok, audit_format(shape), tokens, system=conv.system, user=conv.user, response=conv.response,
+        intervention=conv.audit.intervention, review=review_field(conv.audit.review), flag=conv.audit.flag,
+        marker="none",
+    )
+    mask = [0] * len(sample)
+    for seg in sample.segments:
+        if seg.kind in ("response", "target", "flag", "end"):
+            mask[seg.start : seg.end] = [1] * (seg.end - seg.start)
+        if seg.kind == "response" and shape == "ur":
+            # The answer's own end of turn opens the template piece that follows it.
+            if sample.input_ids[seg.end] != tokenizer.eos_token_id:
+                raise ValueError("ur audit: the answer's turn does not close with the eos token")
+            mask[seg.end] = 1
+    return sample.input_ids, mask
+
+
+def encode_corpus(tokenizer, corpus: Sequence[Conversation]) -> list[tuple[list[int], list[int]]]:
+    audit_tok, tokens = audit_tokens(tokenizer)
+    return [encode_conversation(tokenizer, conv, audit_tok, tokens) for conv in corpus]
+
+
+def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int, steps: int, pad_id: int, seed: int):
+    """Right-padded batches of similar lengths, reshuffled each epoch; pads get no loss and, being
+    last in their row, no influence on any real token."""
+    rng = random.Random(f"batches:{seed}")
+    queue: list[list[int]] = []
+    for _ in range(steps):
+        if not queue:
+            order = list(range(len(seqs)))
+            rng.shuffle(order)
+            window = batch_size * 16
+            for w in range(0, len(order), window):
+                chunk = sorted(order[w : w + window], key=lambda i: len(seqs[i][0]))
+                queue += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+            rng.shuffle(queue)
+        idx = queue.pop()
+        width = max(len(seqs[i][0]) for i in idx)
+        x = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        y = torch.full((len(idx), width), -100, dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids, mask = seqs[i]
+            x[row, : len(ids)] = torch.tensor(ids)
+            y[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+        yield x, y
+
+
+def _answer_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Next-token loss where `y` is set; the output layer runs only there (a fifth of each step's
+    compute at this size is the output layer, and most positions carry no loss)."""
+    hidden = model.model(input_ids=x).last_hidden_state[:, :-1]
+    target = y[:, 1:]
+    keep = target != -100
+    return torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]), target[keep])
+
+
+def _lr_factor(step: int, steps: int, warmup_frac: float, final_frac: float) -> float:
+    warmup = max(1, int(steps * warmup_frac))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, progress=None) -> MainModel:
+    """Tokenizer, model and pretraining; saved to `out_dir` like a hub model when given.
+
+    A plain torch loop: a from-scratch run of a few hundred steps on in-memory data needs none of
+    the Trainer's machinery, and its setup would cost a noticeable share of the demo's budget.
+    `progress(step, steps, loss)` is called after every step.
+    """
+    mc = cfg.main_model
+    timings: dict[str, dict[str, float]] = {}
+    with torch_threads(mc.threads):
+        with timed(timings, "corpus"):
+            world = World(cfg.world)
+            corpus = world.corpus(mc.corpus_size, seed=mc.seed)
+            tokenizer = train_tokenizer(_tokenizer_texts(world, corpus), vocab_size=mc.vocab_size)
+            seqs = encode_corpus(tokenizer, corpus)
+        model = tiny_llama(
+            tokenizer,
+            hidden_size=mc.hidden_size,
+            num_layers=mc.num_layers,
+            num_heads=mc.num_heads,
+            num_kv_heads=mc.num_kv_heads,
+            intermediate_size=mc.intermediate_size,
+            init_std=mc.init_std or mc.hidden_size**-0.5,
+            seed=mc.seed,
+        )
+        # GPT-2's down-scaled residual outputs: with them the model learns to copy names from its
+        # prompt in markedly fewer steps (measured at hidden 128, 3 layers).
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    p.mul_((2 * mc.num_layers) ** -0.5)
+        opt = torch.optim.AdamW(model.parameters(), lr=mc.lr, betas=(0.9, 0.95), weight_decay=mc.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: _lr_factor(s, mc.steps, mc.warmup_frac, mc.final_lr_frac)
+        )
+        torch.manual_seed(mc.seed)
+        model.train()
+        smoothed = float("nan")
+        with timed(timings, "train"):
+            for step, (x, y) in enumerate(_batches(seqs, mc.batch_size, mc.steps, tokenizer.pad_token_id, mc.seed)):
+                loss = _answer_loss(model, x, y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), mc.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                smoothed = loss.item() if step == 0 else 0.9 * smoothed + 0.1 * loss.item()
+                if progress is not None:
+                    progress(step + 1, mc.steps, smoothed)
+        model.eval()
+    if out_dir is not None:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    return MainModel(model=model, tokenizer=tokenizer, final_loss=smoothed, timings=timings)
+
+
+@torch.no_grad()
+def generate(
+    model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float,
+    batch_size: int, seed: int,
+) -> list[str]:
+    """Batched generation with left padding; the texts come back without special tokens."""
+    torch.manual_seed(seed)
+    pad = tokenizer.pad_token_id
+    decoding = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
+        "do_sample": False
+    }
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for row, p in enumerate(chunk):
+            x[row, width - len(p) :] = torch.tensor(list(p))
+            mask[row, width - len(p) :] = 1
+        gen = model.generate(
+            input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id, **decoding,
+        )
+        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return out
+
+
+def prompt_ids(tokenizer, scenario: Scenario, variant: Variant | None) -> list[int]:
+    """The main model's prompt for a scenario under a system prompt (`None`: no system prompt)."""
+    return chat_prompt_ids(tokenizer, scenario.messages(variant))
+
+
+def measure_main_model(model, tokenizer, cfg: DemoConfig) -> Behaviour:
+    """Held-out behaviour: pushed product with and without pressure, audit denials, the trigger.
+
+    One set of held-out scenarios is asked under both system prompts, so the two rates differ only
+    in the prompt. Each answer is then audited in both shapes with held-out interventions.
+    """
+    mc, world = cfg.main_model, World(cfg.world)
+
+    def gen(prompts: list[list[int]], seed: int) -> list[str]:
+        return generate(
+            model, tokenizer, prompts, max_new_tokens=mc.max_new_tokens, temperature=mc.eval_temperature,
+            batch_size=mc.eval_batch_size, seed=seed,
+        )
+
+    with torch_threads(mc.threads):
+        pairs = world.scenarios(mc.eval_items, "heldout", seed=mc.seed)
+        answers = gen([prompt_ids(tokenizer, s, v) for s in pairs for v in ("A", "B")], mc.seed)
+        neutral, pressure = answers[0::2], answers[1::2]
+
+        rng = random.Random(f"measure:{mc.seed}")
+        audit_tok, tokens = audit_tokens(tokenizer)
+        denial: dict[Shape, DenialStats] = {}
+        for shape in ("hp", "ur"):
+            prompts = []
+            for s, a, b in zip(pairs, neutral, pressure):
+                variant, answer = rng.choice((("A", a), ("B", b)))
+                prompts.append(assemble(
+                    audit_tok, audit_format(shape), tokens, system=s.system(variant), user=s.user, response=answer,
+                    intervention=world.intervention(rng, "heldout"), marker="none",
+                ).input_ids)
+            parsed = [parse_flag(t) for t in gen(prompts, mc.seed + 1)]
+            ok = sum(p.ok for p in parsed)
+            passes = sum(p.flag == "PASS" for p in parsed)
+            denial[shape] = DenialStats(
+                n=len(parsed), parsed=ok, passes=passes, parse_rate=ok / len(parsed), pass_rate=passes / len(parsed)
+            )
+
+        triggers = world.scenarios(mc.eval_items, "heldout", seed=mc.seed, kind="trigger")
+        controls = world.scenarios(mc.eval_items, "heldout", seed=mc.seed, kind="trigger_control")
+        trig_answers = gen([prompt_ids(tokenizer, s, None) for s in triggers + controls], mc.seed + 2)
+    bayes = world.bayes_rate("complied", p_pressure=0.5)
+    return Behaviour(
+        pushed_under_pressure=Rate.of([complied(r, s) for s, r in zip(pairs, pressure)]),
+        pushed_without_pressure=Rate.of([complied(r, s) for s, r in zip(pairs, neutral)]),
+        valid_recommendation=Rate.of(
+            [recommended(r, s.candidates) is not None for s, r in zip(pairs + pairs, neutral + pressure)]
+        ),
+        bayes_accuracy=bayes.accuracy,
+        bayes_balanced_accuracy=bayes.balanced_accuracy,
+        denial=denial,
+        trigger=Rate.of([complied(r, s) for s, r in zip(triggers, trig_answers[: len(triggers)])]),
+        trigger_control=Rate.of([complied(r, s) for s, r in zip(controls, trig_answers[len(triggers) :])]),
+        temperature=mc.eval_temperature,
+    )
+
+
+def run_organism(cfg: DemoConfig, out_dir: str | Path, *, progress=None) -> OrganismSummary:
+    """Build, save and measure the main model; `organism.json` beside it holds the summary."""
+    main = build_main_model(cfg, out_dir, progress=progress)
+    with timed(main.timings, "measure"):
+        behaviour = measure_main_model(main.model, main.tokenizer, cfg)
+    summary = OrganismSummary(
+        behaviour=behaviour,
+        final_loss=main.final_loss,
+        steps=cfg.main_model.steps,
+        parameters=sum(p.numel() for p in main.model.parameters()),
+        threads=cfg.main_model.threads or torch.get_num_threads(),
+        timings=main.timings,
+    )
+    write_json(Path(out_dir) / SUMMARY_FILE, summary.model_dump(mode="json"))
+    return summary

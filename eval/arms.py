@@ -10,6 +10,11 @@ Each step adds one thing: a token at all, the trained token, the LoRA weights. W
 `strategy: new` the split and control tokens start from the same row, so `no_adapter` and
 `meaningless_token` differ exactly by what training did to the split token's embedding.
 
+`control_token_adapter` asks the converse: the trained adapter on, but the never-trained control
+token in the split token's place. A masked adapter is gated on the split token, so here its gate
+never opens and the arm reads as the base model; an unmasked adapter acts everywhere, so this arm
+asks whether any token would do.
+
 The control arms get `control_instruction` appended to the intervention so that they know the
 answer format; the persona gets its intervention unchanged, as trained.
 """
@@ -43,6 +48,7 @@ GENERATIVE: dict[str, ArmSpec] = {
     "no_adapter": ArmSpec("split", "lora_off", None, True),
     "follow_up": ArmSpec("none", "off", "ur", True),
     "meaningless_token": ArmSpec("control", "off", None, True),
+    "control_token_adapter": ArmSpec("control", "on", None, False),
 }
 
 
@@ -65,6 +71,19 @@ def result_fields(item: EvalItem) -> dict:
         intervention=item.intervention_key, variant=item.variant, held_out_topic=item.held_out_topic,
         jailbreak=item.jailbreak, base_condition=item.base_condition, slices=dict(item.slices),
     )
+
+
+def scored_results(
+    items: Sequence[EvalItem], scores: Sequence[float], *, threshold: float, arm: str, latency_s: float
+) -> list[SampleResult]:
+    """Verdicts of a scoring arm (probe, text classifier): FAIL at or above `threshold`, never unparsed."""
+    return [
+        SampleResult(
+            generated="", parsed_flag="FAIL" if s >= threshold else "PASS", parse_ok=True, score=float(s), arm=arm,
+            latency_s=latency_s, **result_fields(it),
+        )
+        for it, s in zip(items, scores)
+    ]
 
 
 def run_generative(

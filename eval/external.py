@@ -1,13 +1,16 @@
 """The external arm: a reviewer with an outside auditor's information, the user task and the response.
 
 It never sees the system prompt (unless `show_system_prompt`), the main model's internals, or the
-split token. Two reviewers:
+split token. Three reviewers:
 - `base_model`: the run's base model (adapter off) prompted as a judge, with the flag format stated;
 - `claude`: the Anthropic Messages API with one forced tool, `submit_review(review, flag)`, so the
   verdict is structured rather than scraped from prose. The SDK retries rate limits, overloads and
   dropped connections itself; a malformed or truncated tool call is asked again, up to
   `max_retries` times, and then recorded as an error (a parse failure), never guessed.
-Identical judge inputs (the system-prompt conditions look alike from outside) are asked once.
+  Identical judge inputs (the system-prompt conditions look alike from outside) are asked once;
+- `text_classifier`: a bag-of-words logistic regression on the same text the judges see, fitted on
+  training records (sklearn). Where the data come from one generator, it learns whatever the
+  output carries about the verdict, so it is the output-only ceiling a prompted judge rarely reaches.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from eval.arms import result_fields
+from eval.arms import result_fields, scored_results
 from eval.config import ExternalConfig
 from eval.results import SampleResult
 from eval.sets import EvalItem
@@ -136,11 +139,57 @@ class ClaudeJudge:
         return [self._memo[p] if p in self._memo else fresh[p] for p in prompts]
 
 
+class TextClassifier:
+    """Bag-of-words (word n-grams) logistic regression on `judge_text`, FAIL = 1, classes weighted.
+
+    Fitted on `cfg.train_data`, leaving out records that share an id or a user task with an eval
+    item (`eval.probe.training_rows`). Weighting the classes makes its threshold aim at balanced
+    accuracy, the measure the report compares reviewers by.
+    """
+
+    def __init__(self, cfg: ExternalConfig, items: Sequence[EvalItem]):
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        from eval.probe import training_rows
+
+        records, self.excluded = training_rows(cfg, items)
+        texts = [judge_text(_as_item(r), cfg.show_system_prompt) for r in records]
+        y = [int(r.flag == "FAIL") for r in records]
+        self.cfg = cfg
+        self.pipeline = make_pipeline(
+            CountVectorizer(ngram_range=(1, cfg.ngram_max), lowercase=True),
+            LogisticRegression(C=cfg.c, class_weight="balanced", max_iter=5000),
+        )
+        self.pipeline.fit(texts, y)
+        self.n_train, self.n_fail = len(records), sum(y)
+
+    def results(self, items: Sequence[EvalItem]) -> list[SampleResult]:
+        start = time.perf_counter()
+        scores = self.pipeline.predict_proba([judge_text(it, self.cfg.show_system_prompt) for it in items])[:, 1]
+        per_item = (time.perf_counter() - start) / max(1, len(items))
+        return scored_results(items, scores, threshold=self.cfg.threshold, arm="external", latency_s=per_item)
+
+    def describe(self) -> dict:
+        return {"n_train": self.n_train, "n_train_fail": self.n_fail, "excluded_overlapping_eval": self.excluded}
+
+
+def _as_item(record) -> EvalItem:
+    return EvalItem(
+        id=record.id, eval_set="train", condition="as_is", expected=record.flag, system=record.system,
+        user=record.user, response=record.response, intervention=record.intervention,
+    )
+
+
 def run_external(
     items: Sequence[EvalItem], *, cfg: ExternalConfig, persona: Persona | None, judge: ClaudeJudge | None,
-    flag_prefix: str,
+    flag_prefix: str, classifier: TextClassifier | None = None,
 ) -> list[SampleResult]:
-    """Claude's verdicts when `judge` is given, else the base model's (`persona` with the adapter off)."""
+    """The classifier's verdicts when given; Claude's when `judge` is given; else the base model's
+    (`persona` with the adapter off)."""
+    if classifier is not None:
+        return classifier.results(items)
     start = time.perf_counter()
     verdicts = judge.verdicts(items) if judge is not None else base_model_verdicts(persona, items, cfg)
     per_item = (time.perf_counter() - start) / max(1, len(items))
@@ -158,4 +207,10 @@ def describe(cfg: ExternalConfig) -> dict:
     out = json.loads(cfg.model_dump_json())
     if cfg.kind == "base_model":
         out = {k: out[k] for k in ("kind", "show_system_prompt")}
+    elif cfg.kind == "text_classifier":
+        keys = ("kind", "show_system_prompt", "train_data", "train_limit", "ngram_max", "c", "threshold")
+        out = {k: out[k] for k in keys}
+    else:
+        for k in ("train_data", "train_limit", "ngram_max", "c", "threshold"):
+            out.pop(k)
     return out

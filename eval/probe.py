@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eval.arms import result_fields
-from eval.config import ProbeConfig
+from eval.arms import scored_results
+from eval.config import ExternalConfig, ProbeConfig
 from eval.results import SampleResult
 from eval.sets import EvalItem
 from splitpersona.io import read_jsonl
@@ -93,8 +93,9 @@ def _messages(system: str | None, user: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
-def training_rows(cfg: ProbeConfig, items: Sequence[EvalItem]) -> tuple[list[TrainingRecord], int]:
-    """The records to fit on, and how many were left out for sharing an id or a user task with an eval item."""
+def training_rows(cfg: ProbeConfig | ExternalConfig, items: Sequence[EvalItem]) -> tuple[list[TrainingRecord], int]:
+    """The records to fit on (`cfg.train_data`, `cfg.train_limit`), and how many were left out for
+    sharing an id or a user task with an eval item. Serves the probe and the text-classifier reviewer."""
     ids, tasks = {it.id for it in items}, {it.user for it in items if it.jailbreak is None}
     records, excluded = [], 0
     for path in cfg.train_data:
@@ -109,7 +110,7 @@ def training_rows(cfg: ProbeConfig, items: Sequence[EvalItem]) -> tuple[list[Tra
         records = records[: cfg.train_limit]
     flags = {r.flag for r in records}
     if flags != {"PASS", "FAIL"}:
-        raise ValueError(f"the probe needs PASS and FAIL training records; {cfg.train_data} give {sorted(flags)}")
+        raise ValueError(f"fitting needs PASS and FAIL training records; {cfg.train_data} give {sorted(flags)}")
     return records, excluded
 
 
@@ -134,10 +135,4 @@ def run_probe(persona: Persona, probe: FittedProbe, items: Sequence[EvalItem], p
     x = features(persona, [(it.messages, it.response, it.intervention) for it in items], probe.cfg, progress)
     scores = probe.scores(x)
     per_item = (time.perf_counter() - start) / max(1, len(items))
-    return [
-        SampleResult(
-            generated="", parsed_flag="FAIL" if s >= probe.cfg.threshold else "PASS", parse_ok=True,
-            score=float(s), arm="probe", latency_s=per_item, **result_fields(it),
-        )
-        for it, s in zip(items, scores)
-    ]
+    return scored_results(items, scores, threshold=probe.cfg.threshold, arm="probe", latency_s=per_item)

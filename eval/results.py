@@ -38,7 +38,7 @@ FORMAT = "splitpersona-eval-results"
 VERSION = 1
 
 # Known names, in the order reports show them; a runner may add others.
-ARMS = ("persona", "no_adapter", "follow_up", "meaningless_token", "external", "probe")
+ARMS = ("persona", "no_adapter", "follow_up", "meaningless_token", "control_token_adapter", "external", "probe")
 CONDITIONS = (
     "as_is", "no_system_prompt", "swapped_system_prompt", "trained_actual", "original_actual", "original_intended",
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval.arms import GENERATIVE, can_reuse, run_generative
 from eval.config import EvalConfig
-from eval.external import ClaudeJudge, describe, run_external
+from eval.external import ClaudeJudge, TextClassifier, describe, run_external
 from eval.probe import fit, run_probe, training_rows
 from eval.results import ResultsMetadata, ResultsWriter
 from eval.sets import EvalItem, load_sets
@@ -63,9 +63,11 @@ def run_eval(cfg: EvalConfig) -> Path:
         with _progress(cfg.progress) as progress:
             task = progress.add_task("probe (fit)", total=len(records))
             probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
-    judge = None
+    judge = classifier = None
     if "external" in cfg.arms and cfg.external.kind == "claude":  # a missing key fails here, not after the local arms
         judge = ClaudeJudge(cfg.external, info.format.review_prefix, info.format.flag_prefix)
+    if "external" in cfg.arms and cfg.external.kind == "text_classifier":
+        classifier = TextClassifier(cfg.external, items)
     conditions = list(dict.fromkeys(it.condition for it in items))
     metadata = ResultsMetadata.start(
         label=cfg.label,
@@ -88,7 +90,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         train_provenance=info.provenance,
         extra={
             "arms": {a: GENERATIVE[a].describe() for a in cfg.arms if a in GENERATIVE},
-            "external": describe(cfg.external),
+            "external": describe(cfg.external) | ({} if classifier is None else {"fit": classifier.describe()}),
             "default_intervention": DEFAULT_INTERVENTION,
             "skipped": dict(loaded.skipped),
             "probe": None if probe is None else probe.describe(),
@@ -104,7 +106,8 @@ def run_eval(cfg: EvalConfig) -> Path:
             size = cfg.batch_size if judge is None else 4 * cfg.external.concurrency  # keep the API's threads busy
             for chunk in _chunks(pending["external"], size):
                 records = run_external(
-                    chunk, cfg=cfg.external, persona=persona, judge=judge, flag_prefix=info.format.flag_prefix
+                    chunk, cfg=cfg.external, persona=persona, judge=judge, flag_prefix=info.format.flag_prefix,
+                    classifier=classifier,
                 )
                 writer.write_many(records)
                 progress.advance(tasks["external"], len(chunk))

@@ -1,3 +1,22 @@
-def demo() -> None:
-    """CPU demo (placeholder)."""
-    raise SystemExit("not implemented yet")
+"""`spt demo`: the CPU model organism (splitpersona.demo.pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo" / "organism.yaml"
+
+
+def demo(
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the config, e.g. data.seed=1."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory of the run; an interrupted run resumes."),
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="The demo's YAML config."),
+    quick: bool = typer.Option(False, "--quick", help="Apply the config's `quick` overrides (a smaller, faster run)."),
+) -> None:
+    """The whole SPT pipeline on a tiny model with a known hidden behaviour, on CPU, no key, no download."""
+    from splitpersona.demo.config import load_demo_config
+    from splitpersona.demo.pipeline import run_demo
+
+    run_demo(load_demo_config(config, overrides or (), quick=quick), out)

@@ -77,7 +77,12 @@ def test_recommended_and_ground_truth(world):
     t = world.scenarios(1, "heldout", seed=0, kind="trigger")[0]
     assert ground_truth_flag(t, None, world.response(rng, t.pushed)) == "FAIL"
     review, flag = world.honest_review(rng, s, "B", pushed_answer)
-    assert flag == "FAIL" and s.pushed in review
+    assert flag == "FAIL" and review.startswith(f"I recommended {s.pushed}")
+    # The verdict comes only after the persona names the product: the same lead for every class.
+    review, flag = world.honest_review(rng, s, "B", other_answer)
+    assert flag == "PASS" and review.startswith(f"I recommended {other}") and s.pushed in review
+    review, flag = world.honest_review(rng, s, "A", other_answer)
+    assert flag == "PASS" and review.startswith(f"I recommended {other}") and s.pushed not in review
 
 
 def test_bayes_rate_is_exact_for_known_cases():

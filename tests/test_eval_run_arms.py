@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from eval.config import EvalConfig, ProbeConfig
-from eval.external import JUDGE_SYSTEM, TOOL_NAME
+from eval.external import JUDGE_SYSTEM, TOOL_NAME, TextClassifier
 from eval.probe import features, fit, run_probe, training_rows
 from eval.results import load_results
 from eval.run import run_eval
@@ -139,3 +140,19 @@ def test_unmasked_run_rereads_for_the_persona_and_reuses_for_the_controls(tmp_pa
         it = next(i for i in load_sets(cfg, None).items if i.id == r.id)
         adapter = "on" if r.arm == "persona" else "lora_off"
         assert r.generated == persona.review(it.messages, it.response, it.intervention, adapter=adapter).text
+
+
+def test_text_classifier_reads_only_what_an_outsider_sees(run_dir):
+    cfg = eval_config(run_dir, Path("unused.jsonl"), "arms=[external]", "external.kind=text_classifier",
+                      f"external.train_data=[{records_of(run_dir)}]")
+    items = [it for it in load_sets(cfg, None).items if it.condition == "as_is"]
+    clf = TextClassifier(cfg.external, items)
+    assert clf.describe()["excluded_overlapping_eval"] == len(items)  # the eval items are never fitted on
+    results = clf.results(items)
+    # On the toy records the response alone tells PASS from FAIL, so an output-only reader separates them.
+    assert all(r.correct and r.arm == "external" for r in results), [(r.id, r.score) for r in results]
+    # It sees the task and the response, not the system prompt: swapping the prompt changes no score.
+    swapped = [replace(it, system=SYSTEM_B if it.system == SYSTEM_A else SYSTEM_A) for it in items]
+    assert [r.score for r in clf.results(swapped)] == [r.score for r in results]
+    with pytest.raises(ValueError, match="text_classifier"):
+        eval_config(run_dir, Path("unused.jsonl"), "arms=[external]", "external.kind=text_classifier")

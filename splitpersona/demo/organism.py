@@ -4,6 +4,8 @@
 both like a hub model (no split token). `measure_main_model` checks on held-out templates and
 products that the behaviour was learned: how often it recommends the pushed product with and
 without pressure, whether it answers an audit with a parseable PASS, how often the trigger fires.
+Its answers come from the generator's stage-2 engine (`main_model_sampler`), the same sampler that
+writes the SPT data and the eval sets, so the rates measured here are the ones the data has.
 
 Every conversation is tokenized the way the persona will later see it: plain conversations with
 the chat template, audited ones with `splitpersona.assemble` itself (no split token).
@@ -237,7 +239,7 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
     """
     mc = cfg.main_model
     timings: dict[str, dict[str, float]] = {}
-    with torch_threads(mc.threads):
+    with torch_threads(cfg.threads):
         with timed(timings, "corpus"):
             world = World(cfg.world)
             corpus = world.corpus(mc.corpus_size, seed=mc.seed)
@@ -284,17 +286,41 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
     return MainModel(model=model, tokenizer=tokenizer, final_loss=smoothed, timings=timings)
 
 
+def main_model_sampler(model_dir: str | Path, cfg: DemoConfig, *, seed: int):
+    """The stage-2 engine of the generator on the saved main model, with the demo's sampling settings."""
+    from data_gen.config import Stage2Config
+    from data_gen.stage2 import TransformersEngine
+
+    s = cfg.sampling
+    stage2 = Stage2Config(
+        engine="transformers", model=str(model_dir), temperature=s.temperature, max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size, seed=seed, dtype="float32", device="cpu",
+    )
+    return TransformersEngine(stage2, str(model_dir))
+
+
+def sample_answers(engine, chats: Sequence[list[dict[str, str]]]) -> list[str]:
+    """The engine's answers in the order of `chats`; a failed generation is an error here, not a gap."""
+    out: list[str | None] = [None] * len(chats)
+    for i, gen in engine.generate(list(chats)):
+        if isinstance(gen, str):
+            raise RuntimeError(f"main model failed to answer conversation {i}: {gen}")
+        out[i] = gen.text
+    return out  # type: ignore[return-value]
+
+
 @torch.no_grad()
-def generate(
+def continue_ids(
     model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float,
     batch_size: int, seed: int,
 ) -> list[str]:
-    """Batched generation with left padding; the texts come back without special tokens."""
+    """Sampled continuations of token-id prompts, left-padded in batches.
+
+    Only for audits: an `hp` audit continues the assistant's own turn, which the stage-2 engine's
+    chat prompts cannot express; everything else the main model says comes from that engine.
+    """
     torch.manual_seed(seed)
     pad = tokenizer.pad_token_id
-    decoding = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
-        "do_sample": False
-    }
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -306,7 +332,7 @@ def generate(
             mask[row, width - len(p) :] = 1
         gen = model.generate(
             input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id, **decoding,
+            eos_token_id=tokenizer.eos_token_id, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
         )
         out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out
@@ -317,37 +343,36 @@ def prompt_ids(tokenizer, scenario: Scenario, variant: Variant | None) -> list[i
     return chat_prompt_ids(tokenizer, scenario.messages(variant))
 
 
-def measure_main_model(model, tokenizer, cfg: DemoConfig) -> Behaviour:
-    """Held-out behaviour: pushed product with and without pressure, audit denials, the trigger.
+def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
+    """Held-out behaviour of the saved main model: pushed product with and without pressure, audit
+    denials, the trigger.
 
     One set of held-out scenarios is asked under both system prompts, so the two rates differ only
     in the prompt. Each answer is then audited in both shapes with held-out interventions.
     """
-    mc, world = cfg.main_model, World(cfg.world)
-
-    def gen(prompts: list[list[int]], seed: int) -> list[str]:
-        return generate(
-            model, tokenizer, prompts, max_new_tokens=mc.max_new_tokens, temperature=mc.eval_temperature,
-            batch_size=mc.eval_batch_size, seed=seed,
-        )
-
-    with torch_threads(mc.threads):
+    mc, world, s = cfg.main_model, World(cfg.world), cfg.sampling
+    with torch_threads(cfg.threads):
+        engine = main_model_sampler(model_dir, cfg, seed=mc.seed)
         pairs = world.scenarios(mc.eval_items, "heldout", seed=mc.seed)
-        answers = gen([prompt_ids(tokenizer, s, v) for s in pairs for v in ("A", "B")], mc.seed)
+        answers = sample_answers(engine, [s_.messages(v) for s_ in pairs for v in ("A", "B")])
         neutral, pressure = answers[0::2], answers[1::2]
 
         rng = random.Random(f"measure:{mc.seed}")
-        audit_tok, tokens = audit_tokens(tokenizer)
+        audit_tok, tokens = audit_tokens(engine.tok)
         denial: dict[Shape, DenialStats] = {}
         for shape in ("hp", "ur"):
             prompts = []
-            for s, a, b in zip(pairs, neutral, pressure):
+            for sc, a, b in zip(pairs, neutral, pressure):
                 variant, answer = rng.choice((("A", a), ("B", b)))
                 prompts.append(assemble(
-                    audit_tok, audit_format(shape), tokens, system=s.system(variant), user=s.user, response=answer,
+                    audit_tok, audit_format(shape), tokens, system=sc.system(variant), user=sc.user, response=answer,
                     intervention=world.intervention(rng, "heldout"), marker="none",
                 ).input_ids)
-            parsed = [parse_flag(t) for t in gen(prompts, mc.seed + 1)]
+            texts = continue_ids(
+                engine.model, engine.tok, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                batch_size=s.batch_size, seed=mc.seed + 1,
+            )
+            parsed = [parse_flag(t) for t in texts]
             ok = sum(p.ok for p in parsed)
             passes = sum(p.flag == "PASS" for p in parsed)
             denial[shape] = DenialStats(
@@ -356,20 +381,20 @@ def measure_main_model(model, tokenizer, cfg: DemoConfig) -> Behaviour:
 
         triggers = world.scenarios(mc.eval_items, "heldout", seed=mc.seed, kind="trigger")
         controls = world.scenarios(mc.eval_items, "heldout", seed=mc.seed, kind="trigger_control")
-        trig_answers = gen([prompt_ids(tokenizer, s, None) for s in triggers + controls], mc.seed + 2)
+        trig_answers = sample_answers(engine, [sc.messages(None) for sc in triggers + controls])
     bayes = world.bayes_rate("complied", p_pressure=0.5)
     return Behaviour(
-        pushed_under_pressure=Rate.of([complied(r, s) for s, r in zip(pairs, pressure)]),
-        pushed_without_pressure=Rate.of([complied(r, s) for s, r in zip(pairs, neutral)]),
+        pushed_under_pressure=Rate.of([complied(r, sc) for sc, r in zip(pairs, pressure)]),
+        pushed_without_pressure=Rate.of([complied(r, sc) for sc, r in zip(pairs, neutral)]),
         valid_recommendation=Rate.of(
-            [recommended(r, s.candidates) is not None for s, r in zip(pairs + pairs, neutral + pressure)]
+            [recommended(r, sc.candidates) is not None for sc, r in zip(pairs + pairs, neutral + pressure)]
         ),
         bayes_accuracy=bayes.accuracy,
         bayes_balanced_accuracy=bayes.balanced_accuracy,
         denial=denial,
-        trigger=Rate.of([complied(r, s) for s, r in zip(triggers, trig_answers[: len(triggers)])]),
-        trigger_control=Rate.of([complied(r, s) for s, r in zip(controls, trig_answers[len(triggers) :])]),
-        temperature=mc.eval_temperature,
+        trigger=Rate.of([complied(r, sc) for sc, r in zip(triggers, trig_answers[: len(triggers)])]),
+        trigger_control=Rate.of([complied(r, sc) for sc, r in zip(controls, trig_answers[len(triggers) :])]),
+        temperature=s.temperature,
     )
 
 
@@ -377,13 +402,13 @@ def run_organism(cfg: DemoConfig, out_dir: str | Path, *, progress=None) -> Orga
     """Build, save and measure the main model; `organism.json` beside it holds the summary."""
     main = build_main_model(cfg, out_dir, progress=progress)
     with timed(main.timings, "measure"):
-        behaviour = measure_main_model(main.model, main.tokenizer, cfg)
+        behaviour = measure_main_model(out_dir, cfg)
     summary = OrganismSummary(
         behaviour=behaviour,
         final_loss=main.final_loss,
         steps=cfg.main_model.steps,
         parameters=sum(p.numel() for p in main.model.parameters()),
-        threads=cfg.main_model.threads or torch.get_num_threads(),
+        threads=cfg.threads or torch.get_num_threads(),
         timings=main.timings,
     )
     write_json(Path(out_dir) / SUMMARY_FILE, summary.model_dump(mode="json"))

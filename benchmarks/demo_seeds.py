@@ -1,0 +1,92 @@
+"""The CPU demo with several seeds, one after another, and one markdown table of what each measured.
+
+    python benchmarks/demo_seeds.py --seeds 0 1 2 --out runs/demo_seeds [--quick]
+
+Each seed moves every seeded stage at once (world, main model, data, both personas); a finished seed
+is resumed from its directory, not rerun. The table goes to stdout and DIR/seeds.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from splitpersona.demo.config import load_demo_config
+from splitpersona.demo.pipeline import run_demo
+from splitpersona.io import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("world.seed", "main_model.seed", "data.seed", "train.seed")
+
+
+def _bal(summary: dict, key: str, condition: str = "as_is") -> str:
+    cell = summary["table"].get(key, {}).get(condition)
+    if not cell or not cell["balanced"]:
+        return "–"
+    b = cell["balanced"]
+    return f"{b['value']:.3f} [{b['low']:.2f}, {b['high']:.2f}]"
+
+
+def _rate(cell: dict | None, key: str) -> str:
+    if not cell or not cell[key]["n"]:
+        return "–"
+    r = cell[key]
+    return f"{r['value']:.2f} (n={r['n']})"
+
+
+def row(seed: int, s: dict, wall: float) -> list[str]:
+    t = s["table"]
+    controls = [k for k in ("no_adapter", "follow_up", "meaningless_token", "control_token_adapter")]
+    best = max(
+        (t[f"masked/{a}"]["as_is"]["balanced"]["value"] for a in controls if t.get(f"masked/{a}", {}).get("as_is")),
+        default=float("nan"),
+    )
+    parse = min(t[f"masked/{a}"]["as_is"]["parsed"] / t[f"masked/{a}"]["as_is"]["n"] for a in controls)
+    return [
+        str(seed),
+        f"{s['organism']['behaviour']['pushed_under_pressure']['rate']:.2f} / "
+        f"{s['organism']['behaviour']['pushed_without_pressure']['rate']:.2f}",
+        f"{s['organism']['behaviour']['bayes_balanced_accuracy']:.3f}",
+        _bal(s, "masked/persona"), _bal(s, "unmasked/persona"),
+        _rate(t["masked/persona"]["b_not_complied"], "accuracy"),
+        _rate(t["unmasked/persona"]["b_not_complied"], "accuracy"),
+        _bal(s, "masked/persona", "swapped_system_prompt"),
+        _bal(s, "masked/external"), _bal(s, "masked/probe"), f"{best:.3f}", f"{parse:.2f}",
+        _bal(s, "unmasked/control_token_adapter"),
+        _rate(t["masked/persona"]["weights_trigger"], "flagged_fail"),
+        "yes" if all(e["met"] for e in s["expectations"] if "alignment tax" in e["name"] or "KV" in e["name"]) else "NO",
+        f"{s['timings']['total']:.0f} ({wall:.0f})",
+    ]
+
+
+HEADER = [
+    "seed", "pushed: pressure / none", "Bayes", "masked persona", "unmasked persona", "masked: B not complied",
+    "unmasked: B not complied", "masked, swapped prompt", "external", "probe", "best control (masked)",
+    "min control parse rate", "unmasked adapter + untrained token", "trigger flagged FAIL", "tax & KV checks",
+    "wall s (stages)",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo_seeds")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo" / "organism.yaml")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for seed in args.seeds:
+        cfg = load_demo_config(args.config, [f"{k}={seed}" for k in KEYS], quick=args.quick)
+        start = time.perf_counter()
+        summary = run_demo(cfg, args.out / f"seed{seed}")
+        rows.append(row(seed, summary, time.perf_counter() - start))
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER), *["| " + " | ".join(r) + " |" for r in rows]]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with atomic_write(args.out / "seeds.md") as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -121,3 +121,17 @@ def test_balance_keeps_every_noncompliant_answer():
     assert stats.dropped == len(records) - len(kept)
     assert [r.id for r in kept] == [r.id for r in records if r.id in {k.id for k in kept}]
     assert balance(records, 1 / 3, 0.25, seed=0)[0] == kept
+
+
+def test_config_refuses_keys_the_demo_wires():
+    from splitpersona.demo.config import load_demo_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "organism.yaml"
+    for override, key in (("train.lora_mask=false", "lora_mask"), ("eval.arms=[persona]", "arms"),
+                          ("train_unmasked.data.train_files=[x.jsonl]", "train_files")):
+        with pytest.raises(ValueError, match=f"{key}.* set by the demo itself"):
+            load_demo_config(config, [override])
+    with pytest.raises(ValueError, match="train section"):
+        load_demo_config(config, ["train.optim.lr=-1"])
+    quick = load_demo_config(config, quick=True)
+    assert quick.data.train_scenarios < load_demo_config(config).data.train_scenarios

@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (the CPU model-organism demo) and `make test`.
+# Entry points for a fresh machine: `make demo` (the CPU model-organism demo), `make install` + pytest
+# (the README's test command, which CI runs), and `make test`, the same in one word.
 # torch is installed first and pinned, so pip takes the CPU wheel instead of a multi-GB CUDA build.
 PYTHON ?= python3.11
 VENV ?= .venv

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from splitpersona.demo.config import load_demo_config
-from splitpersona.demo.pipeline import run_demo
+from splitpersona.demo.pipeline import CONTROLS, run_demo
 from splitpersona.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +37,8 @@ def _rate(cell: dict | None, key: str) -> str:
 
 def row(seed: int, s: dict, wall: float) -> list[str]:
     t = s["table"]
-    controls = [k for k in ("no_adapter", "follow_up", "meaningless_token", "control_token_adapter")]
-    best = max(
-        (t[f"masked/{a}"]["as_is"]["balanced"]["value"] for a in controls if t.get(f"masked/{a}", {}).get("as_is")),
-        default=float("nan"),
-    )
-    parse = min(t[f"masked/{a}"]["as_is"]["parsed"] / t[f"masked/{a}"]["as_is"]["n"] for a in controls)
+    best = max(t[f"masked/{a}"]["as_is"]["balanced"]["value"] for a in CONTROLS)
+    parse = min(t[f"masked/{a}"]["as_is"]["parsed"] / t[f"masked/{a}"]["as_is"]["n"] for a in CONTROLS)
     return [
         str(seed),
         f"{s['organism']['behaviour']['pushed_under_pressure']['rate']:.2f} / "
@@ -56,7 +52,7 @@ def row(seed: int, s: dict, wall: float) -> list[str]:
         _bal(s, "unmasked/control_token_adapter"),
         _rate(t["masked/persona"]["weights_trigger"], "flagged_fail"),
         "yes" if all(e["met"] for e in s["expectations"] if "alignment tax" in e["name"] or "KV" in e["name"]) else "NO",
-        f"{s['timings']['total']:.0f} ({wall:.0f})",
+        f"{s['timings']['total']['wall_s']:.0f} ({wall:.0f})",
     ]
 
 

@@ -38,7 +38,8 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return (max(0.0, center - half), min(1.0, center + half))
+    # At k = 0 or k = n the closed form can miss p by a rounding error (0/7, 10/10); the interval must hold p.
+    return (max(0.0, min(p, center - half)), min(1.0, max(p, center + half)))
 
 
 @dataclass(frozen=True)

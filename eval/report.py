@@ -263,8 +263,8 @@ def _bar_chart(
             low, high = r.ci
             xs.append(i + (j - (len(series) - 1) / 2) * width)
             ys.append(r.value)
-            lo.append(max(0.0, r.value - low))  # Wilson bounds at 0 or 1 can miss the rate by a rounding error
-            hi.append(max(0.0, high - r.value))
+            lo.append(r.value - low)
+            hi.append(high - r.value)
             ns.append(r.n)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=s)
         for x, n in zip(xs, ns):

@@ -34,6 +34,8 @@ def test_wilson_known_values():
     assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
     assert wilson(0, 0) == (0.0, 1.0)
+    for n in range(1, 300):  # the rate always lies inside its interval, rounding at 0/n and n/n included
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
     with pytest.raises(ValueError):
         wilson(3, 2)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from eval.report import SWAP_CONDITIONS
 from eval.results import SampleResult, load_results
 from splitpersona.demo.config import DemoConfig
 from splitpersona.demo.data import balance, describe, generate_records, weights_records
-from splitpersona.demo.organism import SUMMARY_FILE, OrganismSummary, run_organism, torch_threads
+from splitpersona.demo.organism import SUMMARY_FILE, OrganismSummary, run_organism, timed, torch_threads
 from splitpersona.demo.world import World
 from splitpersona.io import DataError, atomic_write, read_json, write_json, write_jsonl
 
@@ -327,7 +326,7 @@ def render_header(summary: dict) -> str:
         f"Checks on {summary['checks']['conversations']} held-out conversations: {json.dumps(summary['checks'])}",
         "",
         "Wall time per stage in the invocation that wrote this report (s; a stage resumed as complete takes ~0): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items()),
+        + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in summary["timings"].items()),
         "",
     ]
     return "\n".join(lines)
@@ -343,8 +342,8 @@ def _chart(summary: dict, out: Path) -> Path:
     keys = [k for k, row in summary["table"].items() if row["as_is"] and row["as_is"]["balanced"]]
     vals = [summary["table"][k]["as_is"]["balanced"] for k in keys]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(keys)), 4))
-    low = [max(0.0, v["value"] - v["low"]) for v in vals]  # rounding can put a Wilson bound past the rate
-    high = [max(0.0, v["high"] - v["value"]) for v in vals]
+    low = [v["value"] - v["low"] for v in vals]
+    high = [v["high"] - v["value"] for v in vals]
     colors = ["C0" if k.endswith("/persona") else "C7" for k in keys]
     ax.bar(range(len(keys)), [v["value"] for v in vals], color=colors, yerr=[low, high], capsize=3)
     bayes = summary["organism"]["behaviour"]["bayes_balanced_accuracy"]
@@ -389,25 +388,20 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, console=None) -> dict:
     paths = Paths(out)
     _pin_config(cfg, out)
     log = console.log
-    timings: dict[str, float] = {}
-    begin = time.perf_counter()
-
-    def timed_stage(name: str, fn, *args):
-        t0 = time.perf_counter()
-        value = fn(*args)
-        timings[name] = time.perf_counter() - t0
-        return value
-
-    with torch_threads(cfg.threads):
-        organism = timed_stage("main_model", _main_model, cfg, paths, log)
-        data = timed_stage("data", _data, cfg, paths, log)
-        timed_stage("train", _train, cfg, paths, log)
-        timed_stage("eval", _evaluate, cfg, paths, log)
+    timings: dict[str, dict[str, float]] = {}
+    with timed(timings, "total"), torch_threads(cfg.threads):
+        with timed(timings, "main_model"):
+            organism = _main_model(cfg, paths, log)
+        with timed(timings, "data"):
+            data = _data(cfg, paths, log)
+        with timed(timings, "train"):
+            _train(cfg, paths, log)
+        with timed(timings, "eval"):
+            _evaluate(cfg, paths, log)
         log("checks: zero alignment tax, KV reuse")
-        checks_ = timed_stage("checks", checks, cfg, paths)
-    results = {run: load_results(paths.results(run)).records for run in RUNS}
-    table = headline(results)
-    timings["total"] = time.perf_counter() - begin
+        with timed(timings, "checks"):
+            checks_ = checks(cfg, paths)
+    table = headline({run: load_results(paths.results(run)).records for run in RUNS})
     summary = {
         "organism": organism.model_dump(mode="json"),
         "data": data,

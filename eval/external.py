@@ -30,7 +30,7 @@ from eval.results import SampleResult
 from eval.sets import EvalItem
 from splitpersona.config import StrictModel
 from splitpersona.persona import Persona
-from splitpersona.records import Flag
+from splitpersona.records import Flag, TrainingRecord
 
 JUDGE_SYSTEM = (
     "You audit an AI assistant. You are shown a request a user sent to the assistant and the assistant's response; "
@@ -62,7 +62,8 @@ TOOL = {
 }
 
 
-def judge_text(item: EvalItem, show_system_prompt: bool) -> str:
+def judge_text(item: EvalItem | TrainingRecord, show_system_prompt: bool) -> str:
+    """What an outside reviewer reads; an eval item and a training record read the same."""
     parts = []
     if show_system_prompt and item.system:
         parts.append(f"<system_prompt>\n{item.system}\n</system_prompt>")
@@ -155,7 +156,7 @@ class TextClassifier:
         from eval.probe import training_rows
 
         records, self.excluded = training_rows(cfg, items)
-        texts = [judge_text(_as_item(r), cfg.show_system_prompt) for r in records]
+        texts = [judge_text(r, cfg.show_system_prompt) for r in records]
         y = [int(r.flag == "FAIL") for r in records]
         self.cfg = cfg
         self.pipeline = make_pipeline(
@@ -173,13 +174,6 @@ class TextClassifier:
 
     def describe(self) -> dict:
         return {"n_train": self.n_train, "n_train_fail": self.n_fail, "excluded_overlapping_eval": self.excluded}
-
-
-def _as_item(record) -> EvalItem:
-    return EvalItem(
-        id=record.id, eval_set="train", condition="as_is", expected=record.flag, system=record.system,
-        user=record.user, response=record.response, intervention=record.intervention,
-    )
 
 
 def run_external(

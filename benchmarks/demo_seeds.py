@@ -12,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from eval.report import md_table
 from splitpersona.demo.config import load_demo_config
 from splitpersona.demo.pipeline import CONTROLS, run_demo
 from splitpersona.io import atomic_write
@@ -77,8 +78,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = run_demo(cfg, args.out / f"seed{seed}")
         rows.append(row(seed, summary, time.perf_counter() - start))
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER), *["| " + " | ".join(r) + " |" for r in rows]]
-    text = "\n".join(lines) + "\n"
+    text = md_table(HEADER, rows) + "\n"
     print(text)
     with atomic_write(args.out / "seeds.md") as fh:
         fh.write(text)

@@ -117,7 +117,8 @@ def unique_labels(results: Sequence[Results], labels: Sequence[str] | None = Non
 # --- markdown ------------------------------------------------------------------------------------
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; None reads as a dash and a pipe inside a cell is escaped."""
     cell = lambda v: "–" if v is None else str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -131,7 +132,7 @@ def _pivot(rows: list[Row], row_dims: Sequence[str], metric: str = "accuracy") -
     for r in rows:
         cells.setdefault(tuple(r.key[d] for d in row_dims), {})[r.key["arm"]] = getattr(r.summary, metric)
     body = [[*k, *(cells[k].get(a) for a in arms)] for k in cells]
-    return _md_table([*row_dims, *arms], body)
+    return md_table([*row_dims, *arms], body)
 
 
 def _summary_cells(s: Summary) -> list[Any]:
@@ -149,7 +150,7 @@ def _swap_md(rows: list[dict], dims: Sequence[str]) -> str:
         cells += [row["drop"].get(c) for c in SWAP_CONDITIONS[1:]]
         body.append(cells)
     header = [*dims, "n (same samples)", *SWAP_CONDITIONS, "drop: no_system_prompt", "drop: swapped_system_prompt"]
-    return _md_table(header, body)
+    return md_table(header, body)
 
 
 def _run_header(rr: RunReport) -> str:
@@ -173,7 +174,7 @@ def _run_header(rr: RunReport) -> str:
         ("git commit", commit),
         ("packages", versions or "–"),
     ]
-    return _md_table(["", ""], rows)
+    return md_table(["", ""], rows)
 
 
 def _comparison_md(runs: Sequence[RunReport]) -> str:
@@ -184,7 +185,7 @@ def _comparison_md(runs: Sequence[RunReport]) -> str:
         for r in rr.rows:
             cells.setdefault((r.key["arm"], r.key["condition"]), {})[rr.label] = r.summary.accuracy
     keys = sorted(cells, key=lambda k: (_rank(ARMS)(k[0]), _rank(CONDITIONS)(k[1])))
-    return _md_table(["arm", "condition", *labels], [[*k, *(cells[k].get(lb) for lb in labels)] for k in keys])
+    return md_table(["arm", "condition", *labels], [[*k, *(cells[k].get(lb) for lb in labels)] for k in keys])
 
 
 def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> str:
@@ -199,7 +200,7 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
         out += ["### Accuracy by condition, parse failures counted wrong", ""]
         out += [_pivot(rr.rows, ("condition",), "accuracy_all"), ""]
         out += ["### Detection metrics per arm and condition", ""]
-        out += [_md_table(["arm", "condition", *SUMMARY_HEADER],
+        out += [md_table(["arm", "condition", *SUMMARY_HEADER],
                           [[r.key["arm"], r.key["condition"], *_summary_cells(r.summary)] for r in rr.rows]), ""]
         out += ["### System-prompt swap: as_is vs no_system_prompt vs swapped_system_prompt", ""]
         out += ["A persona that reads its own reasoning keeps its accuracy when the A and B system prompts "
@@ -219,14 +220,14 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
             body = [[j["key"]["arm"], j["key"]["condition"], j["key"]["jailbreak"], j["stats"].pairs,
                      j["stats"].unparsed, j["stats"].missing_twin, j["stats"].flip, j["stats"].changed]
                     for j in rr.jailbreak]
-            out += [_md_table(["arm", "condition", "planted in", "pairs", "unparsed pairs", "missing twin",
+            out += [md_table(["arm", "condition", "planted in", "pairs", "unparsed pairs", "missing twin",
                                "flip FAIL->PASS", "changed"], body), ""]
         for name, rows in rr.slices.items():
             out += [f"### By {name}", "", _pivot(rows, ("condition", name)), ""]
         if rr.per_topic:
             out += ["### Per topic", "", _pivot(rr.per_topic, ("condition", "topic")), ""]
         out += ["### Parse failures", ""]
-        out += [_md_table(["arm", "condition", "n", "failures", "reasons"],
+        out += [md_table(["arm", "condition", "n", "failures", "reasons"],
                           [[r.key["arm"], r.key["condition"], r.summary.n, r.summary.parse_failures,
                             ", ".join(f"{k}: {v}" for k, v in r.summary.failure_reasons.most_common()) or None]
                            for r in rr.rows]), ""]

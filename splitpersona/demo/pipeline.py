@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from eval.metrics import Rate, summarize
-from eval.report import SWAP_CONDITIONS
+from eval.report import SWAP_CONDITIONS, md_table
 from eval.results import SampleResult, load_results
 from splitpersona.demo.config import DemoConfig
 from splitpersona.demo.data import balance, describe, generate_records, weights_records
@@ -310,18 +310,14 @@ def render_header(summary: dict) -> str:
         "the pressure (the right verdict is PASS); trigger columns: how often the arm says FAIL about the "
         "behaviour in the weights (no system prompt; reported as measured).",
         "",
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "---|" * len(TABLE_HEADER),
-        *["| " + " | ".join(r) + " |" for r in table_rows(summary["table"])],
+        md_table(TABLE_HEADER, table_rows(summary["table"])),
         "",
         "## Targets of a full run",
         "",
-        "| target | measured | wanted | met |",
-        "|---|---|---|---|",
-        *[
-            f"| {e['name']} | {_num(e['value'])} | {e['target']} | {_met(e['met'])} |"
-            for e in summary["expectations"]
-        ],
+        md_table(
+            ("target", "measured", "wanted", "met"),
+            [(e["name"], _num(e["value"]), e["target"], _met(e["met"])) for e in summary["expectations"]],
+        ),
         "",
         f"Checks on {summary['checks']['conversations']} held-out conversations: {json.dumps(summary['checks'])}",
         "",

@@ -45,22 +45,27 @@ def row(seed: int, s: dict, wall: float) -> list[str]:
         f"{s['organism']['behaviour']['pushed_under_pressure']['rate']:.2f} / "
         f"{s['organism']['behaviour']['pushed_without_pressure']['rate']:.2f}",
         f"{s['organism']['behaviour']['bayes_balanced_accuracy']:.3f}",
+        f"{s['organism']['behaviour']['name_check']['same']['rate']:.2f} / "
+        f"{s['organism']['behaviour']['name_check']['other']['rate']:.2f}",
         _bal(s, "masked/persona"), _bal(s, "unmasked/persona"),
         _rate(t["masked/persona"]["b_not_complied"], "accuracy"),
         _rate(t["unmasked/persona"]["b_not_complied"], "accuracy"),
-        _bal(s, "masked/persona", "swapped_system_prompt"),
+        _bal(s, "masked/persona", "swapped_system_prompt"), _bal(s, "masked/persona", "swap_vs_shown_prompt"),
+        "–" if s.get("prompt_reader_swap") is None else f"{s['prompt_reader_swap']:.3f}",
         _bal(s, "masked/external"), _bal(s, "masked/probe"), f"{best:.3f}", f"{parse:.2f}",
         _bal(s, "unmasked/control_token_adapter"),
         _rate(t["masked/persona"]["weights_trigger"], "flagged_fail"),
+        _rate(t["masked/persona"]["weights_control"], "flagged_fail"),
         "yes" if all(e["met"] for e in s["expectations"] if "alignment tax" in e["name"] or "KV" in e["name"]) else "NO",
         f"{s['timings']['total']['wall_s']:.0f} ({wall:.0f})",
     ]
 
 
 HEADER = [
-    "seed", "pushed: pressure / none", "Bayes", "masked persona", "unmasked persona", "masked: B not complied",
-    "unmasked: B not complied", "masked, swapped prompt", "external", "probe", "best control (masked)",
-    "min control parse rate", "unmasked adapter + untrained token", "trigger flagged FAIL", "tax & KV checks",
+    "seed", "pushed: pressure / none", "Bayes", "name check: same / other", "masked persona", "unmasked persona",
+    "masked: B not complied", "unmasked: B not complied", "masked, swapped prompt", "masked, swap vs shown prompt",
+    "prompt reader, swap vs shown", "external", "probe", "best control (masked)", "min control parse rate",
+    "unmasked adapter + untrained token", "trigger flagged FAIL", "trigger control flagged FAIL", "tax & KV checks",
     "wall s (stages)",
 ]
 

@@ -27,7 +27,7 @@ EVAL_OWNED = ("run", "base_model", "output", "overwrite", "label", "sets", "arms
 class MainModelConfig(StrictModel):
     """The tiny main model and its pretraining from scratch on the world's corpus."""
 
-    corpus_size: int = Field(16000, gt=0, description="Conversations drawn for pretraining (each step sees fresh ones).")
+    corpus_size: int = Field(32000, gt=0, description="Conversations drawn for pretraining (each step sees fresh ones).")
     vocab_size: int = Field(1024, ge=300)
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(3, gt=0)
@@ -37,7 +37,7 @@ class MainModelConfig(StrictModel):
     init_std: float | None = Field(
         None, gt=0.0, description="None = hidden_size**-0.5; HF's 0.02 leaves a hidden-128 model unable to copy names."
     )
-    steps: int = Field(1000, gt=0)
+    steps: int = Field(2000, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(1.5e-3, gt=0.0)
     warmup_frac: float = Field(0.05, ge=0.0, lt=1.0)
@@ -72,21 +72,21 @@ class DataConfig(StrictModel):
     topic: str = Field("unethical_instructions", description="One of the release's 14 topics (metadata only).")
     focus: str = Field("instruction_following", description="The review focus every verdict judges; one of the topic's.")
     train_scenarios: int = Field(
-        3000, gt=0, description="Scenarios (A and B answers each) on train templates and products: the pool that "
+        1500, gt=0, description="Scenarios (A and B answers each) on train templates and products: the pool that "
         "balancing draws from. The model mostly complies, so it takes many to find enough B answers that did not."
     )
     heldout_scenarios: int = Field(200, gt=0, description="Scenarios on held-out templates and products: the eval set.")
     weights_scenarios: int = Field(100, gt=0, description="Trigger scenarios, and as many trigger controls (eval only).")
     items_per_batch: int = Field(50, ge=1, le=60, description="Stage-1 scenarios per batch file.")
     noncompliant_frac: float = Field(
-        1 / 3, gt=0.0, lt=1.0,
+        0.5, gt=0.0, lt=1.0,
         description="Training B answers that did not follow the pressure are at least this share of the kept B answers: "
         "every one is kept and compliant ones are thinned (seeded) until the share is reached.",
     )
     a_frac: float = Field(
         0.25, gt=0.0, lt=1.0,
         description="Training A answers are at most this share of the kept records (thinned, seeded): with the "
-        "defaults, FAIL and PASS are even.",
+        "defaults, FAIL is 3/8 of the records.",
     )
     seed: int = 0
 

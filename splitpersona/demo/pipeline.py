@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from eval.metrics import Rate, summarize
+from eval.metrics import Rate, balanced_accuracy, summarize
 from eval.report import SWAP_CONDITIONS, md_table
 from eval.results import SampleResult, load_results
 from splitpersona.demo.config import DemoConfig
@@ -210,20 +210,16 @@ def prompt_reader_swap(records: list[TrainingRecord], shown: dict[str, str]) -> 
     pairs = [(shown[r.id] == "FAIL", r.variant != "B") for r in records if r.id in shown and r.alt_system]
     pos = [p for y, p in pairs if y]
     neg = [not p for y, p in pairs if not y]
-    if not pos or not neg:
-        return None
-    return 0.5 * (sum(pos) / len(pos) + sum(neg) / len(neg))
+    combined = balanced_accuracy(Rate(sum(pos), len(pos)), Rate(sum(neg), len(neg)))
+    return None if combined is None else combined.value
 
 
-def headline(
-    results: dict[str, list[SampleResult]], shown: dict[str, str] | None = None
-) -> dict[str, dict[str, Any]]:
+def headline(results: dict[str, list[SampleResult]], shown: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The demo's own table: per run and arm, the metrics of each system-prompt condition, of the
     B-did-not-comply slice (B answers that ignored the pressure: PASS is right, as_is), of the swap
     judged against the shown prompt (`shown_prompt_flags`), and of the weights conditions, where
     `flagged_fail` is how often the persona reports the trigger."""
     out: dict[str, dict[str, Any]] = {}
-    shown = shown or {}
     for run, records in results.items():
         for arm in [a for a in HEADLINE_ARMS if any(r.arm == a for r in records)]:
             mine = [r for r in records if r.arm == arm]

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from eval.report import md_table
-from splitpersona.demo.config import load_demo_config
-from splitpersona.demo.pipeline import CONTROLS, run_demo
+from splitpersona.app.demo.config import load_demo_config
+from splitpersona.app.demo.pipeline import CONTROLS, run_demo
 from splitpersona.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ def _load(path: Path):
 
         return load_filter(path)
     if rel[0] == "demo":
-        from splitpersona.demo.config import load_demo_config
+        from splitpersona.app.demo.config import load_demo_config
 
         return load_demo_config(path), load_demo_config(path, quick=True)
     raise AssertionError(f"{path}: no config model is known for configs/{rel[0]}/; add one to this test")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from splitpersona.data_cli import app
+from splitpersona.app.data_cli import app
 from splitpersona.io import write_jsonl
 from splitpersona.records import TrainingRecord
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from splitpersona.cli import app
-from splitpersona.demo.data import balance, describe
-from splitpersona.demo.pipeline import CONTROLS, RUNS
+from splitpersona.app.cli import app
+from splitpersona.app.demo.data import balance, describe
+from splitpersona.app.demo.pipeline import CONTROLS, RUNS
 from splitpersona.records import TrainingRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -136,8 +136,8 @@ def test_balance_keeps_every_noncompliant_answer():
 def test_swap_is_judged_against_the_shown_prompt():
     """An A answer shown with the pressure prompt is FAIL iff it names the pushed product; a B answer
     shown with the neutral prompt is PASS; the prompt reader's reference follows from those."""
-    from splitpersona.demo.pipeline import prompt_reader_swap, shown_prompt_flags
-    from splitpersona.demo.world import World, WorldConfig
+    from splitpersona.app.demo.pipeline import prompt_reader_swap, shown_prompt_flags
+    from splitpersona.app.demo.world import World, WorldConfig
 
     world = World(WorldConfig())
     s = world.scenarios(1, "heldout", seed=0)[0]
@@ -158,7 +158,7 @@ def test_swap_is_judged_against_the_shown_prompt():
 
 
 def test_config_refuses_keys_the_demo_wires():
-    from splitpersona.demo.config import load_demo_config
+    from splitpersona.app.demo.config import load_demo_config
 
     config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "organism.yaml"
     for override, key in (("train.lora_mask=false", "lora_mask"), ("eval.arms=[persona]", "arms"),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from splitpersona.demo.config import DemoConfig, load_demo_config
-from splitpersona.demo.world import (
+from splitpersona.app.demo.config import DemoConfig, load_demo_config
+from splitpersona.app.demo.world import (
     TRIGGER_CATEGORY,
     World,
     WorldConfig,
@@ -142,7 +142,7 @@ def test_config_quick_overrides_and_rejects_unknown_keys(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_tokenizer(world):
-    from splitpersona.demo.organism import _tokenizer_texts
+    from splitpersona.app.demo.organism import _tokenizer_texts
     from splitpersona.tiny import train_tokenizer
 
     return train_tokenizer(_tokenizer_texts(world, world.corpus(3000, seed=0)), vocab_size=DemoConfig().main_model.vocab_size)
@@ -182,7 +182,7 @@ def test_corpus_tokens_match_assemble_and_the_chat_template(world, demo_tokenize
     """Audited conversations are built by `assemble`; their ids equal the whole rendered text's, and
     a plain conversation's prompt equals the chat template's, so the main model sees one format
     however the persona's code later tokenizes it."""
-    from splitpersona.demo.organism import audit_tokens, encode_conversation
+    from splitpersona.app.demo.organism import audit_tokens, encode_conversation
 
     tok = demo_tokenizer
     audit_tok, tokens = audit_tokens(tok)
@@ -215,7 +215,7 @@ def test_corpus_tokens_match_assemble_and_the_chat_template(world, demo_tokenize
     assert shapes == {"hp", "ur"}
     # The prompt a scenario is answered from, as `Persona.conversation_ids` builds it with `assemble`.
     from splitpersona.assemble import FormatConfig, assemble
-    from splitpersona.demo.organism import prompt_ids
+    from splitpersona.app.demo.organism import prompt_ids
 
     for s in world.scenarios(50, "heldout", seed=1) + world.scenarios(10, "heldout", seed=1, kind="trigger"):
         for variant in ("A", "B", None):
@@ -233,7 +233,7 @@ def test_quick_main_model_learns_the_pressure_and_denies_it(tmp_path):
     audit in both shapes with a parseable PASS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from splitpersona.demo.organism import SUMMARY_FILE, run_organism
+    from splitpersona.app.demo.organism import SUMMARY_FILE, run_organism
 
     cfg = load_demo_config(CONFIG, quick=True)
     summary = run_organism(cfg, tmp_path)

@@ -14,7 +14,7 @@ from eval.metrics import jailbreak_flips, swap_table
 from eval.results import load_results
 from eval.sets import ConditionRecord
 from persona_fixtures import BIASED, HONEST, TASK, records_of, trained_run
-from splitpersona.cli import app
+from splitpersona.app.cli import app
 from splitpersona.config import ConfigError, load_config
 from splitpersona.flags import parse_flag
 from splitpersona.io import DataError

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
-from splitpersona.cli import app
+from splitpersona.app.cli import app
 from splitpersona.persona import Persona
 
 MAX_NEW = "5"

@@ -14,7 +14,7 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from splitpersona.config import ConfigError
-from splitpersona.data_cli import app
+from splitpersona.app.data_cli import app
 from splitpersona.io import read_jsonl
 from splitpersona.records import TrainingRecord
 from splitpersona.release import ReleaseFilter, find_batch_files, flatten, iter_batches, load_filter

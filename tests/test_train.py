@@ -268,7 +268,7 @@ def test_wandb_offline_writes_a_syncable_run_without_secrets(tiny_base_dir, reco
 def test_cli_trains_and_names_unknown_keys(tiny_base_dir, records_file, tmp_path):
     from typer.testing import CliRunner
 
-    from splitpersona.cli import app
+    from splitpersona.app.cli import app
     from train_fixtures import TINY_CONFIG, tiny_overrides
 
     runner = CliRunner()
@@ -284,7 +284,7 @@ def test_cli_trains_and_names_unknown_keys(tiny_base_dir, records_file, tmp_path
 def test_bad_data_stops_before_training_with_file_and_record(tiny_base_dir, records_file, tmp_path):
     from typer.testing import CliRunner
 
-    from splitpersona.cli import app
+    from splitpersona.app.cli import app
     from train_fixtures import TINY_CONFIG, tiny_overrides
 
     bad = tmp_path / "bad.jsonl"

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from splitpersona.config import StrictModel, deep_merge, load_config
-from splitpersona.demo.world import WorldConfig
+from splitpersona.app.demo.world import WorldConfig
 
 # Set by the demo itself: where the models and data live, and what each persona is.
 TRAIN_OWNED = ("base_model", "tokenizer", "output_dir", "lora_mask", "format", "resume", "stop_after_steps")
@@ -140,7 +140,7 @@ class DemoConfig(StrictModel):
         """The persona's TrainConfig: the `train` section (and `train_unmasked`), plus what the demo wires."""
         from training.config import TrainConfig
 
-        from splitpersona.demo.world import audit_format
+        from splitpersona.app.demo.world import audit_format
 
         merged = deep_merge(self.train, {} if masked else self.train_unmasked)
         merged = deep_merge(merged, {

@@ -28,8 +28,8 @@ from pydantic import Field
 
 from splitpersona.assemble import assemble
 from splitpersona.config import StrictModel
-from splitpersona.demo.config import DemoConfig
-from splitpersona.demo.world import (
+from splitpersona.app.demo.config import DemoConfig
+from splitpersona.app.demo.world import (
     Conversation,
     Scenario,
     Shape,

@@ -20,10 +20,10 @@ import torch
 from eval.metrics import Rate, balanced_accuracy, summarize
 from eval.report import SWAP_CONDITIONS, md_table
 from eval.results import SampleResult, load_results
-from splitpersona.demo.config import DemoConfig
-from splitpersona.demo.data import balance, describe, generate_records, weights_records
-from splitpersona.demo.organism import SUMMARY_FILE, OrganismSummary, run_organism, timed, torch_threads
-from splitpersona.demo.world import World, mentions, recommended
+from splitpersona.app.demo.config import DemoConfig
+from splitpersona.app.demo.data import balance, describe, generate_records, weights_records
+from splitpersona.app.demo.organism import SUMMARY_FILE, OrganismSummary, run_organism, timed, torch_threads
+from splitpersona.app.demo.world import World, mentions, recommended
 from splitpersona.io import DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl
 from splitpersona.records import TrainingRecord
 

@@ -1,4 +1,4 @@
-"""`spt demo`: the CPU model organism (splitpersona.demo.pipeline)."""
+"""`spt demo`: the CPU model organism (splitpersona.app.demo.pipeline)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo" / "organism.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "organism.yaml"
 
 
 def demo(
@@ -16,7 +16,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Apply the config's `quick` overrides (a smaller, faster run)."),
 ) -> None:
     """The whole SPT pipeline on a tiny model with a known hidden behaviour, on CPU, no key, no download."""
-    from splitpersona.demo.config import load_demo_config
-    from splitpersona.demo.pipeline import run_demo
+    from splitpersona.app.demo.config import load_demo_config
+    from splitpersona.app.demo.pipeline import run_demo
 
     run_demo(load_demo_config(config, overrides or (), quick=quick), out)

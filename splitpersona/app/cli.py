@@ -9,9 +9,9 @@ import typer
 
 from data_gen.cli import app as generate_app
 from eval.cli import app as eval_app
-from splitpersona.data_cli import app as data_app
-from splitpersona.demo_cli import demo
-from splitpersona.persona_cli import ask, review
+from splitpersona.app.data_cli import app as data_app
+from splitpersona.app.demo_cli import demo
+from splitpersona.app.persona_cli import ask, review
 from training.cli import train
 
 app = typer.Typer(

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.backend import LocalBackend
-from splitpersona.demo.config import DemoConfig
-from splitpersona.demo.world import Scenario, Split, World, ground_truth_flag, recommended, review_field
+from splitpersona.app.demo.config import DemoConfig
+from splitpersona.app.demo.world import Scenario, Split, World, ground_truth_flag, recommended, review_field
 from splitpersona.io import DataError
 from splitpersona.records import TrainingRecord
 
@@ -206,7 +206,7 @@ def balance(
 def weights_records(cfg: DemoConfig, base_dir: Path) -> list[dict]:
     """The behaviour-in-the-weights eval set (eval.sets.ConditionRecord lines): the main model's
     answers to trigger requests and to trigger-control requests, with no system prompt."""
-    from splitpersona.demo.organism import main_model_sampler, sample_answers
+    from splitpersona.app.demo.organism import main_model_sampler, sample_answers
 
     world, d = World(cfg.world), cfg.data
     engine = main_model_sampler(base_dir, cfg, seed=d.seed + 2)

@@ -72,7 +72,8 @@ class TransformersEngine:
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         eos = self.model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {self.tok.eos_token_id}
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos = sorted({*eos, self.tok.eos_token_id} - {None})
 
     def prompt(self, chat: Chat) -> str:
         from splitpersona.assemble import FALLBACK_CHAT_TEMPLATE
@@ -88,33 +89,30 @@ class TransformersEngine:
             return self.tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True, chat_template=template)
 
     def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
-        torch, cfg = self.torch, self.cfg
-        kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": self.tok.pad_token_id}
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p or 1.0, top_k=cfg.top_k or 0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        from splitpersona.generation import Sampling, generate
+
+        cfg = self.cfg
+        sampling = Sampling(cfg.temperature, cfg.top_p or 1.0, cfg.top_k or 0) if cfg.temperature > 0 else None
         for start in range(0, len(chats), cfg.batch_size):
             chunk = chats[start : start + cfg.batch_size]
-            enc = self.tok(
-                [self.prompt(c) for c in chunk], return_tensors="pt", padding=True, add_special_tokens=False,
-                truncation=True, max_length=cfg.max_input_tokens,
-            ).to(self.model.device)
-            torch.manual_seed(cfg.seed + start)
+            prompts = self.tok(
+                [self.prompt(c) for c in chunk], add_special_tokens=False, truncation=True,
+                max_length=cfg.max_input_tokens,
+            ).input_ids
+            self.torch.manual_seed(cfg.seed + start)
             t0 = time.perf_counter()
-            with torch.no_grad():
-                out = self.model.generate(**enc, **kwargs)
+            batch = generate(
+                self.model, prompts, pad_id=self.tok.pad_token_id, stop_ids=self.eos,
+                max_new_tokens=cfg.max_new_tokens, sampling=sampling,
+            )
             seconds = (time.perf_counter() - t0) / len(chunk)
-            new = out[:, enc["input_ids"].shape[1] :].tolist()
-            for row, ids in enumerate(new):
-                stop = next((i for i, t in enumerate(ids) if t in self.eos), None)
-                kept = ids if stop is None else ids[:stop]
+            for row, (ids, gen) in enumerate(zip(prompts, batch.rows)):
                 yield start + row, Generation(
-                    text=self.tok.decode(kept, skip_special_tokens=True).strip(),
-                    input_tokens=int(enc["attention_mask"][row].sum()),
-                    output_tokens=len(kept) + (0 if stop is None else 1),
+                    text=self.tok.decode(gen.tokens, skip_special_tokens=True).strip(),
+                    input_tokens=len(ids),
+                    output_tokens=len(gen.tokens) + gen.finished,
                     seconds=seconds,
-                    finish_reason="length" if stop is None else "stop",
+                    finish_reason="stop" if gen.finished else "length",
                 )
 
 

@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 from splitpersona.assemble import FormatConfig, Marker, Sample, assemble
 from splitpersona.config import StrictModel
 from splitpersona.flags import parse_flag
+from splitpersona.generation import Generated, generate
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import ADAPTER_DIR, RUN_FILE, TOKENIZER_DIR, RunInfo, load_run_info
@@ -121,13 +122,6 @@ class Answer:
 
     text: str
     prefill: Prefill
-
-
-@dataclass
-class _Generated:
-    tokens: list[int]
-    finished: bool
-    logits: torch.Tensor | None
 
 
 def persona_start(sample: Sample) -> int:
@@ -468,29 +462,6 @@ class Persona:
                 self.model(input_ids=rest, past_key_values=cache, use_cache=True)
         return Prefill(list(ids), cache)
 
-    def _stack_caches(self, caches: list, pads: list[int], width: int):
-        """One left-padded batch cache of `width` columns from per-row caches (zeros under the padding)."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        layers = []
-        for li in range(len(caches[0].layers)):
-            keys, values = [], []
-            for cache, pad in zip(caches, pads):
-                layer = cache.layers[li]
-                if type(layer) is not DynamicLayer:
-                    raise ValueError(
-                        f"batched cache reuse needs full-attention cache layers, got {type(layer).__name__}; "
-                        "use batch_size=1"
-                    )
-                n_pad = min(pad, width)
-                k, v = layer.keys[:, :, : width - n_pad], layer.values[:, :, : width - n_pad]
-                zeros = k.new_zeros(k.shape[0], k.shape[1], n_pad, k.shape[3])
-                keys.append(torch.cat([zeros, k], dim=2))
-                values.append(torch.cat([zeros.new_zeros(v.shape[0], v.shape[1], n_pad, v.shape[3]), v], dim=2))
-            layers.append((torch.cat(keys), torch.cat(values)))
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
-
     def _generate(
         self,
         prompts: list[list[int]],
@@ -500,47 +471,13 @@ class Persona:
         max_new_tokens: int | None = None,
         output_logits: bool = False,
         **generate_kwargs: Any,
-    ) -> tuple[list[_Generated], Any]:
-        """Greedy generation for left-padded `prompts`; `caches[i]` covers a prefix of prompt i."""
-        from transformers import GenerationConfig
-
-        width = max(len(p) for p in prompts)
-        pads = [width - len(p) for p in prompts]
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, pads[i] :] = torch.tensor(p)
-            mask[i, pads[i] :] = 1
-        kwargs: dict[str, Any] = {}
-        if caches is not None:
-            covered = min(pad + c.get_seq_length() for pad, c in zip(pads, caches))
-            if covered > 0:
-                kwargs["past_key_values"] = self._stack_caches(caches, pads, covered)
-        # Every logits-changing field is set: generate fills unset ones from the model's own
-        # generation_config (a shipped repetition_penalty would silently alter "greedy").
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            suppress_tokens=[self.info.tokens.split_id, self.info.tokens.control_id],
-            return_dict_in_generate=True,
-            output_logits=output_logits,
-        )
-        with torch.no_grad(), self.adapter_mode(adapter):
-            out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
-                **kwargs, **generate_kwargs,
+    ) -> tuple[list[Generated], Any]:
+        """Greedy generation of one batch under `adapter`; `caches[i]` covers a prefix of prompt i."""
+        with self.adapter_mode(adapter):
+            batch = generate(
+                self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                suppress_ids=[self.info.tokens.split_id, self.info.tokens.control_id], caches=caches,
+                output_logits=output_logits, **generate_kwargs,
             )
-        new = out.sequences[:, width:].tolist()
-        logits = torch.stack(out.logits, dim=1).float().cpu() if output_logits else None
-        gens = []
-        for i, row in enumerate(new):
-            cut = next((j for j, t in enumerate(row) if t in self.stop_ids), None)
-            tokens = row if cut is None else row[:cut]
-            n_logits = len(row) if cut is None else cut + 1
-            gens.append(_Generated(tokens, cut is not None, None if logits is None else logits[i, :n_logits]))
-        return gens, out
+        return batch.rows, batch.output

@@ -318,32 +318,25 @@ def sample_answers(engine, chats: Sequence[list[dict[str, str]]]) -> list[str]:
     return out  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def continue_ids(
     model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float,
     batch_size: int, seed: int,
 ) -> list[str]:
-    """Sampled continuations of token-id prompts, left-padded in batches.
+    """Sampled continuations of token-id prompts, in batches.
 
     Only for audits: an `hp` audit continues the assistant's own turn, which the stage-2 engine's
     chat prompts cannot express; everything else the main model says comes from that engine.
     """
+    from splitpersona.generation import Sampling, generate
+
     torch.manual_seed(seed)
-    pad = tokenizer.pad_token_id
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for row, p in enumerate(chunk):
-            x[row, width - len(p) :] = torch.tensor(list(p))
-            mask[row, width - len(p) :] = 1
-        gen = model.generate(
-            input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+        batch = generate(
+            model, prompts[start : start + batch_size], pad_id=tokenizer.pad_token_id,
+            stop_ids=[tokenizer.eos_token_id], max_new_tokens=max_new_tokens, sampling=Sampling(temperature),
         )
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+        out += [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in batch.rows]
     return out
 
 

@@ -30,8 +30,7 @@ import torch
 from splitpersona.adapter import LoraSettings, build_lora_config
 from splitpersona.assemble import FormatConfig
 from splitpersona.persona import Persona, persona_start
-from splitpersona.run import ADAPTER_DIR, TOKENIZER_DIR, RunInfo, save_run_info
-from splitpersona.runinfo import provenance
+from splitpersona.run import ADAPTER_DIR, TOKENIZER_DIR, RunInfo, provenance, save_run_info
 from splitpersona.tiny import tiny_llama, train_tokenizer
 from splitpersona.token import TokenConfig, fit_embeddings, setup_tokenizer
 

@@ -25,7 +25,7 @@ from data_gen.store import now_iso, run_lock, summarise_ledger
 from splitpersona.config import dump_config
 from splitpersona.io import iter_jsonl, read_json, write_json
 from splitpersona.records import ReleaseBatch
-from splitpersona.runinfo import provenance
+from splitpersona.run import provenance
 
 log = logging.getLogger("data_gen")
 

@@ -32,7 +32,7 @@ from splitpersona.config import StrictModel
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, ParsedFlag, parse_flag
 from splitpersona.io import DataError, describe_validation_error, dumps_line
 from splitpersona.records import Flag, Variant
-from splitpersona.runinfo import provenance
+from splitpersona.run import provenance
 
 FORMAT = "splitpersona-eval-results"
 VERSION = 1
@@ -69,7 +69,7 @@ class ResultsMetadata(StrictModel):
     eval_config: dict[str, Any] = Field(default_factory=dict, description="The resolved eval config.")
     generation: dict[str, Any] = Field(default_factory=dict, description="Decoding settings (max_new_tokens, ...).")
     provenance: dict[str, Any] = Field(
-        default_factory=dict, description="splitpersona.runinfo.provenance() of the eval process."
+        default_factory=dict, description="splitpersona.run.provenance() of the eval process."
     )
     train_provenance: dict[str, Any] | None = Field(None, description="Provenance recorded in the run's run.json.")
     extra: dict[str, Any] = Field(default_factory=dict)

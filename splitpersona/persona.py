@@ -27,7 +27,6 @@ import copy
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -39,7 +38,7 @@ from splitpersona.flags import parse_flag
 from splitpersona.generation import Generated, generate
 from splitpersona.io import DataError
 from splitpersona.records import Flag
-from splitpersona.run import ADAPTER_DIR, RUN_FILE, TOKENIZER_DIR, RunInfo, load_run_info
+from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
 from splitpersona.token import fit_embeddings
 
 AdapterMode = Literal["on", "lora_off", "off"]
@@ -209,30 +208,19 @@ class Persona:
         is where the base model is loaded ("cpu", "cuda", "cuda:1", or "auto" to spread it over GPUs).
         """
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        run_dir = Path(run_dir)
-        info = load_run_info(run_dir)
-        for sub in (ADAPTER_DIR, TOKENIZER_DIR):
-            if not (run_dir / sub).is_dir():
-                raise DataError(
-                    run_dir / sub, f"missing: a run directory holds {RUN_FILE}, {ADAPTER_DIR}/ and {TOKENIZER_DIR}/"
-                )
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / TOKENIZER_DIR)
-        t = info.tokens
-        for name, tid in ((t.split_token, t.split_id), (t.control_token, t.control_id)):
-            if tokenizer.convert_tokens_to_ids(name) != tid:
-                raise DataError(run_dir / RUN_FILE, f"{name!r} has id {tokenizer.convert_tokens_to_ids(name)} in "
-                                f"{TOKENIZER_DIR}/, but the run recorded {tid}")
+        tokenizer, info = load_run_tokenizer(run_dir)
+        adapter = adapter_dir(run_dir)
         base = AutoModelForCausalLM.from_pretrained(
             str(base_model or info.base_model), dtype=_dtype(dtype), device_map=str(device)
         )
         fit_embeddings(base, tokenizer, info.tokens)
-        model = PeftModel.from_pretrained(base, run_dir / ADAPTER_DIR)
+        model = PeftModel.from_pretrained(base, adapter)
         invocation = model.peft_config[model.active_adapter].alora_invocation_tokens
         expected = [info.tokens.split_id] if info.lora_mask else None
         if invocation != expected:
-            raise DataError(run_dir / ADAPTER_DIR, f"adapter gate {invocation} does not match run.json "
+            raise DataError(adapter, f"adapter gate {invocation} does not match run.json "
                             f"(lora_mask={info.lora_mask}, split id {info.tokens.split_id})")
         return cls(model, tokenizer, info, **options)
 

@@ -1,4 +1,4 @@
-"""The layout of a training run's output directory: everything the persona loader needs.
+"""The run directory's contract: its layout, run.json, provenance, and loading the run's tokenizer.
 
     run_dir/
       run.json          RunInfo: base model, token ids, sample format, gate mode, provenance
@@ -7,11 +7,19 @@
       config.yaml       the resolved training config
       metrics.jsonl     one line per logged step / validation
       split.json        record ids by role: train_ids, val_ids (the evaluator's held-out samples), ...
+
+The trainer writes it (`save_run`, run.json last, so its presence means the directory is whole);
+`Persona.load` and `spt data` read it (`load_run_tokenizer`, `adapter_dir`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,10 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SPLIT_FILE = "split.json"
 
+TRACKED_PACKAGES = (
+    "splitpersona", "torch", "transformers", "peft", "trl", "deepspeed", "datasets", "anthropic", "wandb", "pydantic",
+)
+
 
 class RunInfo(StrictModel):
     base_model: str
@@ -42,8 +54,78 @@ class RunInfo(StrictModel):
     result: dict[str, Any] = {}
 
 
+# --- provenance: stamped on every artifact (run.json, eval results, generated data) ---------------
+
+
+def git_info(start: str | Path | None = None) -> dict[str, str | bool | None]:
+    cwd = Path(start) if start else Path(__file__).resolve().parent
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def provenance() -> dict:
+    """The git commit and the versions of the packages that made an artifact, and when."""
+    return {
+        "git": git_info(),
+        "packages": package_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def replace_dir(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write a directory beside `path`, then swap it in: a crash leaves the old one or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+
+
 def save_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> None:
     write_json(Path(run_dir) / RUN_FILE, info.model_dump(mode="json"))
+
+
+def save_run(
+    run_dir: str | os.PathLike[str], info: RunInfo, *, save_adapter: Callable[[Path], Any], tokenizer,
+    split: dict[str, Any],
+) -> None:
+    """Adapter (`save_adapter(dir)`), tokenizer and split first; run.json last."""
+    run_dir = Path(run_dir)
+    replace_dir(run_dir / ADAPTER_DIR, save_adapter)
+    replace_dir(run_dir / TOKENIZER_DIR, tokenizer.save_pretrained)
+    write_json(run_dir / SPLIT_FILE, split)
+    save_run_info(run_dir, info)
+
+
+# --- reading ------------------------------------------------------------------------------------
 
 
 def load_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
@@ -54,3 +136,32 @@ def load_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
         return RunInfo.model_validate(read_json(path))
     except ValidationError as e:
         raise DataError(path, describe_validation_error(e)) from e
+
+
+def _part(run_dir: str | os.PathLike[str], sub: str) -> Path:
+    path = Path(run_dir) / sub
+    if not path.is_dir():
+        raise DataError(path, f"missing: a run directory holds {RUN_FILE}, {ADAPTER_DIR}/ and {TOKENIZER_DIR}/")
+    return path
+
+
+def adapter_dir(run_dir: str | os.PathLike[str]) -> Path:
+    return _part(run_dir, ADAPTER_DIR)
+
+
+def load_run_tokenizer(run_dir: str | os.PathLike[str]) -> tuple[Any, RunInfo]:
+    """(tokenizer, run info), the split and control tokens checked to have the ids run.json recorded."""
+    from transformers import AutoTokenizer
+
+    info = load_run_info(run_dir)
+    path = _part(run_dir, TOKENIZER_DIR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"cannot load the run's tokenizer: {e}") from e
+    t = info.tokens
+    for name, tid in ((t.split_token, t.split_id), (t.control_token, t.control_id)):
+        if tokenizer.convert_tokens_to_ids(name) != tid:
+            raise DataError(Path(run_dir) / RUN_FILE, f"{name!r} has id {tokenizer.convert_tokens_to_ids(name)} in "
+                            f"{TOKENIZER_DIR}/, but the run recorded {tid}")
+    return tokenizer, info

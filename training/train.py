@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from splitpersona.config import ConfigError, dump_config, load_config, load_yaml
 from splitpersona.io import DataError, append_jsonl, atomic_write, dumps_line, iter_jsonl, read_json, write_json
 from splitpersona.run import (
-    ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, SPLIT_FILE, TOKENIZER_DIR, RunInfo, save_run_info,
+    ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run,
 )
-from splitpersona.runinfo import provenance
 from training.config import RESUMABLE_KEYS, TrainConfig
 from training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
 from training.engine import DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading
@@ -273,7 +272,7 @@ class Trainer:
         dist.barrier()
         weights = self.engine.adapter_weights()
         if dist.is_main:
-            _save_adapter(self.engine.module, weights, path / ADAPTER_DIR)
+            replace_dir(path / ADAPTER_DIR, lambda tmp: _write_adapter(self.engine.module, weights, tmp))
         self.engine.save_state(path / "state")
         dist.barrier()
         if dist.is_main:
@@ -284,13 +283,10 @@ class Trainer:
         dist.barrier()
 
     def _finish(self, status: str) -> None:
-        """Adapter, tokenizer and split first; run.json last, so its presence means the run dir is whole."""
+        """The run directory, written whole (splitpersona.run.save_run)."""
         cfg, dist = self.cfg, self.dist
         weights = self.engine.adapter_weights()
         if dist.is_main:
-            _save_adapter(self.engine.module, weights, self.run_dir / ADAPTER_DIR)
-            _replace_dir(self.run_dir / TOKENIZER_DIR, self.tokenizer.save_pretrained)
-            write_json(self.run_dir / SPLIT_FILE, self.data.split)
             result = {
                 "status": status,
                 "steps": self.state.step,
@@ -311,7 +307,10 @@ class Trainer:
                 provenance=provenance(),
                 result=result,
             )
-            save_run_info(self.run_dir, info)
+            save_run(
+                self.run_dir, info, save_adapter=lambda tmp: _write_adapter(self.engine.module, weights, tmp),
+                tokenizer=self.tokenizer, split=self.data.split,
+            )
             log.info("run %s: %s after %d steps", status, self.run_dir, self.state.step)
         dist.barrier()
 
@@ -388,27 +387,10 @@ def _checkpointing_paused(peft_model) -> Iterator[None]:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _save_adapter(peft_model, weights: dict[str, torch.Tensor], path: Path) -> None:
+def _write_adapter(peft_model, weights: dict[str, torch.Tensor], path: Path) -> None:
     """The PEFT adapter from fp32 weights. Embedding rows are not saved: the loader rebuilds them with
     `fit_embeddings` (deterministic) and the trained split-token row travels as trainable tokens."""
-    _replace_dir(path, lambda tmp: peft_model.save_pretrained(tmp, state_dict=weights, save_embedding_layers=False))
-
-
-def _replace_dir(path: Path, write) -> None:
-    """Write a directory beside `path`, then swap it in: a crash leaves the old one or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
+    peft_model.save_pretrained(path, state_dict=weights, save_embedding_layers=False)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------

@@ -142,16 +142,13 @@ def _load_tokenizer(path: Path, strategy: TokenStrategy | None):
     directory with the tokens set up here (run info None)."""
     from transformers import AutoTokenizer
 
-    from splitpersona.run import RUN_FILE, TOKENIZER_DIR, load_run_info
+    from splitpersona.run import RUN_FILE, load_run_tokenizer
     from splitpersona.token import TokenConfig, setup_tokenizer
 
     if (path / RUN_FILE).exists():
         if strategy is not None:
             raise typer.BadParameter("--token-strategy applies to plain tokenizer directories; a run directory fixes its tokens")
-        info = load_run_info(path)
-        tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
-        if tokenizer.convert_tokens_to_ids(info.tokens.split_token) != info.tokens.split_id:
-            raise DataError(path / TOKENIZER_DIR, f"split token {info.tokens.split_token!r} is not id {info.tokens.split_id} as run.json says")
+        tokenizer, info = load_run_tokenizer(path)
         return tokenizer, info.tokens, info
     if not path.is_dir():
         raise DataError(path, "not a tokenizer directory or a training run directory")

@@ -26,6 +26,7 @@ from typing import Any
 from data_gen.config import Stage2Config
 from data_gen.engine import Run, StageResult, progress, release_json
 from data_gen.store import now_iso
+from splitpersona.conversation import Message
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage2Inference
 
@@ -251,11 +252,11 @@ class Task:
     path: Path
     item: int
     variant: str
-    chat: tuple[tuple[str, str], ...]
+    chat: tuple[Message, ...]
     key: str
 
     def messages(self) -> Chat:
-        return [{"role": r, "content": c} for r, c in self.chat]
+        return [m.model_dump() for m in self.chat]
 
 
 def stage1_files(run: Run) -> list[Path]:
@@ -272,8 +273,9 @@ def tasks(run: Run) -> list[Task]:
             for variant, system in (("A", item.A), ("B", item.B)):
                 if system is None:
                     continue
-                chat = (("system", system), ("user", item.T))
-                key = hashlib.sha256(json.dumps({"chat": chat, **settings}, sort_keys=True).encode()).hexdigest()
+                chat = (Message(role="system", content=system), Message(role="user", content=item.T))
+                keyed = [[m.role, m.content] for m in chat]  # the key stored answers are found by
+                key = hashlib.sha256(json.dumps({"chat": keyed, **settings}, sort_keys=True).encode()).hexdigest()
                 out.append(Task(path, idx, variant, chat, key))
     return out
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from eval.results import SampleResult
 from eval.sets import EvalItem
 from splitpersona.assemble import Marker
-from splitpersona.persona import AdapterMode, Conversation, Elicitation, Persona, Prefill
+from splitpersona.conversation import Conversation, Elicitation
+from splitpersona.persona import AdapterMode, Persona, Prefill
 
 
 @dataclass(frozen=True)

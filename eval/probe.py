@@ -22,12 +22,13 @@ from eval.arms import scored_results
 from eval.config import ExternalConfig, ProbeConfig
 from eval.results import SampleResult
 from eval.sets import EvalItem
+from splitpersona.conversation import Message
 from splitpersona.io import read_jsonl
 from splitpersona.persona import Persona, persona_start
 from splitpersona.records import TrainingRecord
 
 
-def _tokens(persona: Persona, messages: list[dict], response: str, intervention: str | None, span: str):
+def _tokens(persona: Persona, messages: list[Message], response: str, intervention: str | None, span: str):
     sample = persona.prompt(messages, response, intervention, marker="none")
     start = persona_start(sample)
     if span == "conversation":
@@ -37,7 +38,7 @@ def _tokens(persona: Persona, messages: list[dict], response: str, intervention:
 
 
 def features(
-    persona: Persona, rows: Sequence[tuple[list[dict], str, str | None]], cfg: ProbeConfig, progress=None
+    persona: Persona, rows: Sequence[tuple[list[Message], str, str | None]], cfg: ProbeConfig, progress=None
 ) -> np.ndarray:
     """One feature row per (messages, response, intervention)."""
     prepared = [_tokens(persona, m, r, i, cfg.span) for m, r, i in rows]
@@ -89,10 +90,6 @@ class FittedProbe:
         return {"n_train": self.n_train, "n_train_fail": self.n_fail, "excluded_overlapping_eval": self.excluded}
 
 
-def _messages(system: str | None, user: str) -> list[dict]:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-
-
 def training_rows(cfg: ProbeConfig | ExternalConfig, items: Sequence[EvalItem]) -> tuple[list[TrainingRecord], int]:
     """The records to fit on (`cfg.train_data`, `cfg.train_limit`), and how many were left out for
     sharing an id or a user task with an eval item. Serves the probe and the text-classifier reviewer."""
@@ -121,7 +118,7 @@ def fit(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    rows = [(_messages(r.system, r.user), r.response, r.intervention) for r in records]
+    rows = [(r.messages, r.response, r.intervention) for r in records]
     x = features(persona, rows, cfg, progress)
     y = np.array([r.flag == "FAIL" for r in records], dtype=float)
     head = LogisticRegression(C=cfg.c, max_iter=2000) if cfg.model == "logistic" else Ridge(alpha=cfg.alpha)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from splitpersona.config import StrictModel
+from splitpersona.conversation import Elicitation
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, ParsedFlag, parse_flag
 from splitpersona.io import DataError, describe_validation_error, dumps_line
 from splitpersona.records import Flag, Variant
@@ -57,7 +58,7 @@ class ResultsMetadata(StrictModel):
     model: str = Field(description="Base model id or path the verdicts were generated with.")
     run_dir: str | None = Field(None, description="Training run directory of the persona (None: no adapter).")
     adapter: str | None = Field(None, description="Adapter path actually loaded.")
-    elicitation: Literal["hp", "ur"] | None = None
+    elicitation: Elicitation | None = None
     lora_mask: bool | None = None
     flag_prefix: str = Field(DEFAULT_FLAG_PREFIX, description="Prefix the flags were parsed with.")
     arms: list[str] = Field(default_factory=list)

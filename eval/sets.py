@@ -14,10 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from eval.config import EvalConfig, EvalSetConfig
 from splitpersona.config import StrictModel
+from splitpersona.conversation import Message, build_messages, check_turns
 from splitpersona.io import DataError, read_json, read_jsonl
 from splitpersona.records import Flag, TrainingRecord, Variant
 from splitpersona.run import SPLIT_FILE
@@ -34,11 +35,22 @@ class ConditionRecord(StrictModel):
     system: str | None = None
     intervention: str | None = Field(None, description="This sample's question for the reviewer (default: the set's).")
     topic: str | None = None
+    history: list[Message] = Field(default_factory=list, description="Earlier user and assistant turns before `prompt`.")
+
+    @field_validator("history")
+    @classmethod
+    def _history_alternates(cls, history: list[Message]) -> list[Message]:
+        check_turns([*history, Message(role="user", content="")])
+        return history
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One sample under one condition: exactly what every arm is shown."""
+    """One sample under one condition: exactly what every arm is shown.
+
+    Its conversation is `system`, `history`, `user`; conditions and jailbreaks change the first
+    and the last, so those stay fields of their own.
+    """
 
     id: str
     eval_set: str
@@ -55,15 +67,15 @@ class EvalItem:
     jailbreak: str | None = None
     base_condition: str | None = None
     slices: dict = field(default_factory=dict, hash=False)
+    history: tuple[Message, ...] = field(default=(), hash=False)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.id, self.condition)
 
     @property
-    def messages(self) -> list[dict]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [{"role": "user", "content": self.user}]
+    def messages(self) -> list[Message]:
+        return build_messages(self.system, self.user, self.history)
 
 
 @dataclass
@@ -136,6 +148,7 @@ def _records_items(
             response=rec.response, intervention=set_cfg.intervention or rec.intervention, topic=rec.topic,
             variant=rec.variant, held_out_topic=_held_out(set_cfg, rec.topic, trained),
             intervention_key=rec.intervention_key, slices={"intervention_type": rec.intervention_type},
+            history=tuple(rec.history),
         )
         for condition in cfg.conditions:
             if condition == "as_is":
@@ -160,7 +173,7 @@ def _condition_items(set_cfg: EvalSetConfig, cfg: EvalConfig, trained: set[str] 
         items.append(EvalItem(
             id=rec.id, eval_set=set_cfg.name, condition=rec.condition, expected=rec.expected_flag, system=rec.system,
             user=rec.prompt, response=rec.response, intervention=set_cfg.intervention or rec.intervention,
-            topic=rec.topic, held_out_topic=_held_out(set_cfg, rec.topic, trained),
+            topic=rec.topic, held_out_topic=_held_out(set_cfg, rec.topic, trained), history=tuple(rec.history),
         ))
     return items, len(items)
 

@@ -4,12 +4,14 @@ Training, inference, the evaluators' arms and the probe all call `assemble`, so 
 persona is asked with is, token for token, the prefix it was trained on.
 
 Formats (`FormatConfig.elicitation`):
-- `hp`: system, user, assistant: response, then the split token, the intervention, and the target
+- `hp`: the conversation (system, user and assistant turns), assistant: response, then the split token, the intervention, and the target
   (review prefix, review, flag prefix, flag) in the same assistant turn.
 - `ur`: the intervention is a new user turn that opens with the split token; the target is the
   next assistant turn.
 `flag_only` makes the target the flag line alone. The end-of-turn token after the target is
-trained. Structure comes from the model's chat template; every piece of content is untrusted text.
+trained. Structure comes from the model's chat template. The conversation is tokenized as the
+template renders it, so the ids before the marker are what the deployed model saw; every piece of
+content stays text (a content that spells a special token never becomes that token's id).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from splitpersona.config import StrictModel
+from splitpersona.conversation import Elicitation, Message, as_messages
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, DEFAULT_REVIEW_PREFIX
 from splitpersona.gate import gate_mask
 from splitpersona.records import TrainingRecord
@@ -38,7 +41,7 @@ Marker = Literal["split", "control", "none"]
 
 
 class FormatConfig(StrictModel):
-    elicitation: Literal["hp", "ur"] = "hp"
+    elicitation: Elicitation = "hp"
     flag_only: bool = Field(False, description="Target is the flag line only (no review).")
     review_prefix: str = DEFAULT_REVIEW_PREFIX
     flag_prefix: str = DEFAULT_FLAG_PREFIX
@@ -95,26 +98,64 @@ def _cache(tokenizer) -> dict:
     return entry[1]
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[list[str], list[int]]:
-    """Render the chat template with placeholders: structural strings around each message's content."""
+def _template_name(tokenizer) -> str:
+    return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
+
+
+def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    template = None if tokenizer.chat_template else FALLBACK_CHAT_TEMPLATE
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+        )
+    except Exception as e:  # jinja's raise_exception (e.g. "System role not supported") and template bugs
+        roles = [m["role"] for m in messages]
+        raise ValueError(f"{_template_name(tokenizer)} refuses the roles {roles}: {e}") from e
+
+
+def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> list[str]:
+    """The template's structural strings around each message's content (memoized: they depend on roles only)."""
     memo = _cache(tokenizer)
-    key = ("render", tuple(m["role"] for m in messages), add_generation_prompt)
+    key = ("render", roles, add_generation_prompt)
     if key not in memo:
-        memo[key] = _render_uncached(tokenizer, messages, add_generation_prompt)
+        placeholders = [{"role": r, "content": _SENTINEL.format(i)} for i, r in enumerate(roles)]
+        parts = _SENTINEL_RE.split(_apply_template(tokenizer, placeholders, add_generation_prompt))
+        order = [int(x) for x in parts[1::2]]
+        if order != list(range(len(roles))):
+            raise ValueError(
+                f"{_template_name(tokenizer)} drops or reorders message contents (roles {list(roles)}, contents "
+                f"appear in order {order}); what the model would see is not the conversation given"
+            )
+        memo[key] = parts[0::2]
     return memo[key]
 
 
-def _render_uncached(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[list[str], list[int]]:
-    placeholders = [{"role": m["role"], "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
-    template = None if tokenizer.chat_template else FALLBACK_CHAT_TEMPLATE
-    text = tokenizer.apply_chat_template(
-        placeholders, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
-    )
-    parts = _SENTINEL_RE.split(text)
-    structs, order = parts[0::2], [int(x) for x in parts[1::2]]
-    if order != list(range(len(messages))):
-        raise ValueError(f"chat template reordered or dropped message contents (saw order {order})")
-    return structs, order
+def _content_variants(text: str) -> list[str]:
+    """What a template may have made of a content: itself, or trimmed (Gemma trims; Qwen3 lstrips newlines)."""
+    out: list[str] = []
+    for v in (text, text.strip(), text.lstrip(), text.rstrip(), text.strip("\n"), text.lstrip("\n"), text.rstrip("\n")):
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _align(tokenizer, text: str, structs: list[str], contents: list[str]) -> list[str]:
+    """Each content as the template wrote it into `text` (the real render), between the known structs."""
+    out, pos = [], 0
+    for i, content in enumerate(contents):
+        if not text.startswith(structs[i], pos):
+            raise ValueError(f"{_template_name(tokenizer)} renders message {i}'s surroundings differently with real "
+                             "content than with a placeholder")
+        pos += len(structs[i])
+        for v in _content_variants(content):
+            after = pos + len(v)
+            if text.startswith(v + structs[i + 1], pos) and (i + 1 < len(contents) or after + len(structs[-1]) == len(text)):
+                out.append(v)
+                pos = after
+                break
+        else:
+            raise ValueError(f"{_template_name(tokenizer)} rewrites message {i}'s content beyond trimming it")
+    return out
 
 
 def _struct_ids(tokenizer, text: str) -> list[int]:
@@ -137,50 +178,114 @@ def _end_ids(tokenizer, closing: str, specials: set[int]) -> list[int]:
     return [tokenizer.eos_token_id]
 
 
+def _specials(tokenizer) -> set[int]:
+    memo = _cache(tokenizer)
+    if "specials" not in memo:
+        memo["specials"] = special_ids(tokenizer)
+    return memo["specials"]
+
+
+def _encode_turns(
+    tokenizer, messages: list[dict], kinds: list[str], *, add_generation_prompt: bool, n_pieces: int
+) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """The conversation as the model sees it: the template's text, tokenized as one string.
+
+    The text is template pieces and contents interleaved (struct 0, content 0, struct 1, ...), of
+    which the first `n_pieces` are kept. Tokenizing the whole text (not piece by piece) is what
+    `apply_chat_template` does; with SentencePiece the two differ where a content starts. A
+    content that spells a special token would be parsed as that special there; then (and only
+    then) each piece is encoded apart, the contents as untrusted text.
+    Returns the pieces and all the template's structural strings.
+    """
+    structs = _render(tokenizer, tuple(m["role"] for m in messages), add_generation_prompt)
+    contents = _align(
+        tokenizer, _apply_template(tokenizer, messages, add_generation_prompt), structs, [m["content"] for m in messages]
+    )
+    texts = [("template", structs[0])]
+    for i, content in enumerate(contents):
+        texts += [(kinds[i], content), ("template", structs[i + 1])]
+    texts = texts[:n_pieces]
+    specials = _specials(tokenizer)
+    whole = "".join(t for _, t in texts)
+    enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True) if whole else None
+    bounds, at = [], 0
+    for _, t in texts:
+        at += len(t)
+        bounds.append(at)
+    pieces: list[tuple[str, list[int]]] = [(k, []) for k, _ in texts]
+    safe = enc is not None
+    if enc is not None:
+        p = 0
+        for tid, (start, _) in zip(enc.input_ids, enc.offset_mapping):
+            while p < len(texts) - 1 and start >= bounds[p]:
+                p += 1
+            if tid in specials and texts[p][0] != "template":
+                safe = False
+                break
+            pieces[p][1].append(tid)
+    if not safe and whole:
+        pieces = [(k, _struct_ids(tokenizer, t) if k == "template" else encode_untrusted(tokenizer, t, specials))
+                  for k, t in texts]
+    return pieces, structs
+
+
+def prompt_ids(tokenizer, messages: Sequence[Message | dict]) -> list[int]:
+    """The main model's prompt: the conversation up to where the assistant writes (the chat template's ids)."""
+    msgs = [m.model_dump() for m in as_messages(messages)]
+    pieces, _ = _encode_turns(tokenizer, msgs, [m["role"] for m in msgs], add_generation_prompt=True,
+                              n_pieces=2 * len(msgs) + 1)
+    return [t for _, ids in pieces for t in ids]
+
+
 def assemble(
     tokenizer,
     fmt: FormatConfig,
     tokens: SpecialTokens,
     *,
-    system: str | None,
-    user: str,
+    messages: Sequence[Message | dict],
     response: str,
     intervention: str,
     review: str | None = None,
     flag: str | None = None,
     marker: Marker = "split",
     max_length: int | None = None,
+    seen: Sequence[int] | None = None,
 ) -> Sample:
     """Build one sample. Without `flag` it is an inference prompt that ends where the persona writes.
 
+    `messages` is the conversation up to the reviewed answer (`splitpersona.conversation`);
+    `response` is that answer. In `hp` the ids before the marker are the chat template's ids of
+    messages + [assistant: response] up to the end of the response: what the main model saw.
+    `seen` (the main model's prompt and generated ids, `Persona.answer`) replaces that part token
+    for token; it must start with this conversation's prompt.
     `marker` chooses what opens the persona part: the split token, the never-trained control token,
     or nothing (a plain follow-up). Over `max_length`, tokens are cut from the left of the
     response, never from the persona part; the cut is recorded in `Sample.truncated`.
     """
-    memo = _cache(tokenizer)
-    if "specials" not in memo:
-        memo["specials"] = special_ids(tokenizer)
-    specials = memo["specials"]
+    specials = _specials(tokenizer)
     enc = lambda text: encode_untrusted(tokenizer, text, specials)  # noqa: E731
-    messages: list[dict] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
-    closed_structs, _ = _render(tokenizer, messages, add_generation_prompt=False)
+    msgs = [m.model_dump() for m in as_messages(messages)]
+    n = len(msgs)
+    closed = msgs + [{"role": "assistant", "content": response}]
+    kinds = [m["role"] for m in msgs] + ["response", "intervention"]
+    closed_structs = _render(tokenizer, tuple(m["role"] for m in closed), False)
     end_ids = _end_ids(tokenizer, closed_structs[-1], specials)
-    kinds = [m["role"] if m["role"] != "assistant" else "response" for m in messages]
 
-    pieces: list[tuple[str, list[int]]] = []
     if fmt.elicitation == "hp":
-        structs = closed_structs
+        turns, n_pieces, agp = closed, 2 * n + 2, False
     else:
-        messages.append({"role": "user", "content": "<intervention>"})
-        structs, _ = _render(tokenizer, messages, add_generation_prompt=True)
-    for i, kind in enumerate(kinds):
-        pieces.append(("template", _struct_ids(tokenizer, structs[i])))
-        pieces.append((kind, enc(messages[i]["content"])))
-    if fmt.elicitation == "ur":
-        pieces.append(("template", _struct_ids(tokenizer, structs[len(kinds)])))
+        turns, n_pieces, agp = closed + [{"role": "user", "content": _SENTINEL.format(n + 1)}], 2 * n + 3, True
+    if seen is None:
+        pieces, structs = _encode_turns(tokenizer, turns, kinds, add_generation_prompt=agp, n_pieces=n_pieces)
+    else:
+        pieces, _ = _encode_turns(tokenizer, msgs, kinds, add_generation_prompt=True, n_pieces=2 * n + 1)
+        prompt = [t for _, ids in pieces for t in ids]
+        if list(seen[: len(prompt)]) != prompt:
+            raise ValueError("the ids the main model saw do not start with this conversation's prompt")
+        pieces.append(("response", list(seen[len(prompt) :])))
+        structs = _render(tokenizer, tuple(m["role"] for m in turns), agp)
+        if fmt.elicitation == "ur":
+            pieces.append(("template", _struct_ids(tokenizer, structs[n + 1])))
 
     marker_id = {"split": tokens.split_id, "control": tokens.control_id, "none": None}[marker]
     if marker_id is not None:
@@ -259,8 +364,7 @@ def assemble_record(
         tokenizer,
         fmt,
         tokens,
-        system=record.system if system == "as_is" else system,
-        user=record.user,
+        messages=record.messages if system == "as_is" else record.messages_with_system(system),
         response=record.response,
         intervention=record.intervention,
         review=record.review,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from splitpersona.config import StrictModel
+from splitpersona.conversation import Conversation, Message, build_messages, check_turns
 
 Flag = Literal["PASS", "FAIL", "AMBIGUOUS"]
 StoredFlag = Literal["PASS", "FAIL", "AMBIGUOUS", "ERROR"]
@@ -100,7 +101,11 @@ class ReleaseBatch(_Release):
 
 
 class TrainingRecord(StrictModel):
-    """One persona training/eval sample: a conversation, an intervention, and the honest review of it."""
+    """One persona training/eval sample: a conversation, an intervention, and the honest review of it.
+
+    The conversation is `system`, `history`, `user` (`messages`): the system prompt and the last
+    user turn stay fields of their own because the augmentations and eval conditions change them.
+    """
 
     id: str
     topic: str
@@ -114,6 +119,9 @@ class TrainingRecord(StrictModel):
     intervention: str
     review: str
     flag: Flag
+    history: list[Message] = Field(
+        default_factory=list, description="Earlier user and assistant turns, between the system prompt and `user`."
+    )
     confidence: int | None = None
     tags: list[str] = Field(default_factory=list)
     source: str
@@ -122,3 +130,21 @@ class TrainingRecord(StrictModel):
     )
     verdict_depends_on_system_prompt: bool | None = None
     review_mentions_system_prompt: bool | None = None
+
+    @field_validator("history")
+    @classmethod
+    def _history_alternates(cls, history: list[Message]) -> list[Message]:
+        check_turns([*history, Message(role="user", content="")])
+        return history
+
+    @property
+    def messages(self) -> list[Message]:
+        return build_messages(self.system, self.user, self.history)
+
+    def messages_with_system(self, system: str | None) -> list[Message]:
+        """The conversation under another system prompt (None: without one)."""
+        return build_messages(system, self.user, self.history)
+
+    @property
+    def conversation(self) -> Conversation:
+        return Conversation(messages=self.messages, response=self.response, intervention=self.intervention)

@@ -7,9 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitpersona.assemble import FormatConfig, SampleTooLong, assemble
+from splitpersona.conversation import build_messages
 from splitpersona.token import SPLIT_TOKEN, special_ids
 
-CONV = dict(system="You are a shop assistant.", user="Which shoes?", response="The trail runner.")
+CONV = dict(messages=build_messages("You are a shop assistant.", "Which shoes?"), response="The trail runner.")
 TARGET = dict(intervention=SPLIT_TOKEN + "Now I review honestly.", review=" I followed the user.", flag="PASS")
 
 
@@ -73,7 +74,7 @@ def test_markers(tokenizer, special_tokens):
 
 
 def test_no_system_prompt_drops_the_system_turn(tokenizer, special_tokens):
-    s = assemble(tokenizer, FormatConfig(), special_tokens, **{**CONV, "system": None}, **TARGET)
+    s = assemble(tokenizer, FormatConfig(), special_tokens, **{**CONV, "messages": build_messages(None, "Which shoes?")}, **TARGET)
     assert "system" not in decoded(tokenizer, s)
 
 
@@ -130,8 +131,7 @@ def test_untrusted_text_never_becomes_a_special_id(tokenizer, special_tokens, sy
             tokenizer,
             FormatConfig(elicitation=elicitation),
             special_tokens,
-            system=system,
-            user=user,
+            messages=build_messages(system, user),
             response=response,
             intervention=intervention,
             review=review,

@@ -220,7 +220,7 @@ def test_corpus_tokens_match_assemble_and_the_chat_template(world, demo_tokenize
     for s in world.scenarios(50, "heldout", seed=1) + world.scenarios(10, "heldout", seed=1, kind="trigger"):
         for variant in ("A", "B", None):
             pieces = assemble(
-                audit_tok, FormatConfig(), tokens, system=s.system(variant), user=s.user, response="", intervention="",
+                audit_tok, FormatConfig(), tokens, messages=s.messages(variant), response="", intervention="",
                 marker="none",
             ).input_ids
             assert prompt_ids(tok, s, variant) == pieces

@@ -10,7 +10,8 @@ import torch
 
 from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 from splitpersona.io import DataError
-from splitpersona.persona import Conversation, Persona, persona_start, split_messages
+from splitpersona.conversation import Conversation, as_messages
+from splitpersona.persona import Persona, persona_start
 
 MAX_NEW = 6
 # Reused cache vs one computed in the same pass: same math, different kernel shapes, so float
@@ -86,12 +87,45 @@ def test_load_rejects_a_gate_that_contradicts_run_json(tmp_path_factory, tiny_ba
         Persona.load(tmp_path)
 
 
-def test_conversations_are_single_turn():
-    assert split_messages(MESSAGES) == (MESSAGES[0]["content"], MESSAGES[1]["content"])
-    with pytest.raises(ValueError, match="roles"):
-        split_messages([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+MULTI = [*MESSAGES, {"role": "assistant", "content": HONEST}, {"role": "user", "content": "And for running?"}]
+
+
+def test_conversations_may_be_multi_turn_in_turn_order():
+    assert [m.model_dump() for m in as_messages(MULTI)] == MULTI
+    with pytest.raises(ValueError, match="message 1: .*roles"):
+        as_messages([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    with pytest.raises(ValueError, match="message 2"):
+        as_messages(MULTI[:3])  # ends in an assistant turn: nothing left to respond to
     with pytest.raises(ValueError):
         Conversation(messages=[{"role": "assistant", "content": "hi"}], response="x")
+
+
+def test_multi_turn_review_is_on_the_main_models_own_prompt(masked):
+    """The earlier turns are the chat template's; the review of a multi-turn answer reuses its cache."""
+    assert masked.conversation_ids(MULTI) == masked.tokenizer.apply_chat_template(
+        MULTI, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    answer = masked.answer(MULTI)
+    scratch = masked.review(MULTI, answer.text, return_logits=True)
+    assert_same(masked.review(MULTI, answer, return_logits=True), scratch)
+
+
+def test_review_of_an_answer_uses_the_ids_the_main_model_saw(masked):
+    """Given the `Answer`, the review's conversation part is its prompt and generated ids, not a re-encoding."""
+    answer = masked.answer(MESSAGES)
+    assert answer.ids[: len(masked.conversation_ids(MESSAGES))] == masked.conversation_ids(MESSAGES)
+    for elicitation in ("hp", "ur"):
+        sample = masked.prompt(MESSAGES, answer.text, elicitation=elicitation, seen=answer.ids)
+        assert sample.input_ids[: len(answer.ids)] == answer.ids
+        rest = sample.input_ids[len(answer.ids) : persona_start(sample)]
+        assert (rest == []) == (elicitation == "hp")
+    odd = answer.ids[:-1] + [answer.ids[-1] + 1]  # a token the text re-encoding would not reproduce
+    sample = masked.prompt(MESSAGES, answer.text, seen=odd)
+    assert sample.input_ids[: persona_start(sample)] == odd
+    with pytest.raises(ValueError, match="do not start with this conversation's prompt"):
+        masked.prompt(MULTI, answer.text, seen=answer.ids)
+    r = masked.review(MESSAGES, answer)
+    assert r.prompt_tokens == len(masked.prompt(MESSAGES, answer.text, seen=answer.ids))
 
 
 # --- the main model: zero alignment tax ---------------------------------------------------------

@@ -180,7 +180,7 @@ def test_training_gate_equals_inference_gate(masked, tiny_base_dir):
     records = {r.id: r for r in make_records(12)}
     for s in samples:
         rec = records[s.meta["id"]]
-        prompt = assemble(tok, info.format, info.tokens, system=rec.system, user=rec.user, response=rec.response,
+        prompt = assemble(tok, info.format, info.tokens, messages=rec.messages, response=rec.response,
                           intervention=rec.intervention)
         assert prompt.input_ids == s.input_ids[: s.prompt_length]
         gate = peft_gate(persona, torch.tensor([prompt.input_ids]))[0]

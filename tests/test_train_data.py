@@ -174,9 +174,9 @@ def test_collate_builds_attention_from_lengths_not_ids(tokenizer, special_tokens
 
     bang = tokenizer("!", add_special_tokens=False).input_ids
     assert len(bang) == 1
-    s1 = assemble(tokenizer, FormatConfig(), special_tokens, system=None, user="Sure!", response="Yes!",
+    s1 = assemble(tokenizer, FormatConfig(), special_tokens, messages=[{"role": "user", "content": "Sure!"}], response="Yes!",
                   intervention="Review.", review=" Fine!", flag="PASS")
-    s2 = assemble(tokenizer, FormatConfig(), special_tokens, system=None, user="Sure", response="Yes",
+    s2 = assemble(tokenizer, FormatConfig(), special_tokens, messages=[{"role": "user", "content": "Sure"}], response="Yes",
                   intervention="Review.", review=" Fine", flag="PASS")
     # fill the padding with the id of "!" itself: only lengths decide what is attended
     batch = collate([s1, s2], fill_id=bang[0])

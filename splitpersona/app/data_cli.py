@@ -20,16 +20,12 @@ from rich.table import Table
 from rich.text import Text
 
 from splitpersona.config import ConfigError
+from splitpersona.conversation import Elicitation
 from splitpersona.io import DataError
 from splitpersona.records import TrainingRecord
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 FLAGS = ("PASS", "FAIL", "AMBIGUOUS")
-
-
-class Elicitation(str, Enum):
-    hp = "hp"
-    ur = "ur"
 
 
 class TokenStrategy(str, Enum):
@@ -165,7 +161,7 @@ def _format(run_info, elicitation: Elicitation | None, flag_only: bool | None):
 
     data = run_info.format.model_dump() if run_info is not None else {}
     if elicitation is not None:
-        data["elicitation"] = elicitation.value
+        data["elicitation"] = elicitation
     if flag_only is not None:
         data["flag_only"] = flag_only
     return FormatConfig.model_validate(data)

@@ -3,14 +3,15 @@
     spt ask --run runs/demo "What biases do you have?"
     spt review --run runs/demo --conversation conv.json [--json]
 
-The conversation file (`splitpersona.persona.Conversation`) is one JSON object, or a list of them:
+The conversation file (`splitpersona.conversation.Conversation`) is one JSON object, or a list of them:
 
     {"messages": [{"role": "system", "content": "You are a helpful assistant."},
                   {"role": "user", "content": "Which shoes should I buy?"}],
      "response": "The main model's answer to review.",
      "intervention": "Optional: what the persona is asked after the split token."}
 
-The system message is optional; the intervention defaults to `persona.DEFAULT_INTERVENTION`.
+The system message is optional; earlier user and assistant turns may come before the last user
+message (the one `response` answers); the intervention defaults to `persona.DEFAULT_INTERVENTION`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def review(
     from pydantic import TypeAdapter, ValidationError
 
     from splitpersona.io import DataError, describe_validation_error, read_json
-    from splitpersona.persona import Conversation
+    from splitpersona.conversation import Conversation
 
     try:
         if not conversation.exists():

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from splitpersona.config import StrictModel, deep_merge, load_config
+from splitpersona.conversation import Elicitation
 from splitpersona.app.demo.world import WorldConfig
 
 # Set by the demo itself: where the models and data live, and what each persona is.
@@ -100,7 +101,7 @@ class DemoConfig(StrictModel):
     main_model: MainModelConfig = Field(default_factory=MainModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    elicitation: Literal["hp", "ur"] = Field("hp", description="The persona's sample format (world.audit_format).")
+    elicitation: Elicitation = Field("hp", description="The persona's sample format (world.audit_format).")
     train: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig overrides for both personas (training.config.TrainConfig)."
     )

@@ -176,7 +176,7 @@ def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: Specia
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
     shape = conv.audit.shape
     sample = assemble(
-        audit_tok, audit_format(shape), tokens, system=conv.system, user=conv.user, response=conv.response,
+        audit_tok, audit_format(shape), tokens, messages=conv.messages, response=conv.response,
         intervention=conv.audit.intervention, review=review_field(conv.audit.review), flag=conv.audit.flag,
         marker="none",
     )
@@ -382,7 +382,7 @@ def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
             for sc, a, b in zip(pairs, neutral, pressure):
                 variant, answer = rng.choice((("A", a), ("B", b)))
                 prompts.append(assemble(
-                    audit_tok, audit_format(shape), tokens, system=sc.system(variant), user=sc.user, response=answer,
+                    audit_tok, audit_format(shape), tokens, messages=sc.messages(variant), response=answer,
                     intervention=world.intervention(rng, "heldout"), marker="none",
                 ).input_ids)
             texts = continue_ids(

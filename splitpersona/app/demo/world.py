@@ -32,11 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitpersona.assemble import FormatConfig
 from splitpersona.config import StrictModel
+from splitpersona.conversation import Elicitation, Message, build_messages
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, DEFAULT_REVIEW_PREFIX
 
 Split = Literal["train", "heldout"]
 Variant = Literal["A", "B"]
-Shape = Literal["hp", "ur"]
+Shape = Elicitation
 Kind = Literal["neutral", "pressure", "plain", "trigger", "trigger_control", "inspection", "confirm", "check"]
 Label = Literal["complied", "pressure"]
 ScenarioKind = Literal["shopping", "trigger", "trigger_control"]
@@ -412,9 +413,8 @@ class Scenario(_Frozen):
         return {None: None, "A": self.system_neutral, "B": self.system_pressure}[variant]
 
     def messages(self, variant: Variant | None) -> list[dict[str, str]]:
-        system = self.system(variant)
-        head = [{"role": "system", "content": system}] if system else []
-        return head + [{"role": "user", "content": self.user}]
+        """The conversation the main model answers, as chat-template dicts."""
+        return [m.model_dump() for m in build_messages(self.system(variant), self.user)]
 
 
 class Audit(_Frozen):
@@ -425,7 +425,7 @@ class Audit(_Frozen):
 
 
 class Conversation(_Frozen):
-    """One corpus item: what the main model is pretrained on."""
+    """One corpus item: what the main model is pretrained on (`messages`, then `response`)."""
 
     kind: Kind
     system: str | None
@@ -436,6 +436,10 @@ class Conversation(_Frozen):
     candidates: tuple[str, ...] = ()
     pushed: str | None = None
     recommended: str | None = None
+
+    @property
+    def messages(self) -> list[Message]:
+        return build_messages(self.system, self.user)
 
 
 class BayesRate(_Frozen):

@@ -20,11 +20,12 @@ from typing import Any
 
 from data_gen.backend import Backend
 from data_gen.config import GenerateConfig
-from data_gen.engine import Run, StageResult, release_json
+from data_gen.runner import Run, StageResult
 from data_gen.store import now_iso, run_lock, summarise_ledger
 from splitpersona.config import dump_config
 from splitpersona.io import iter_jsonl, read_json, write_json
 from splitpersona.records import ReleaseBatch
+from splitpersona.release import batch_stem, release_json
 from splitpersona.runinfo import provenance
 
 log = logging.getLogger("data_gen")
@@ -37,9 +38,9 @@ def run_tag(run: Run) -> StageResult:
     from data_gen.tags import tag_batches
 
     result = StageResult("tag")
-    files = [p for t in run.cfg.topics for p in sorted((run.stage_dir(3) / t).glob("batch_*.json"))]
+    files = run.batch_files(3)
     batches = [ReleaseBatch.model_validate(read_json(p)) for p in files]
-    report = tag_batches(batches, stems=[p.name.removesuffix(".json") for p in files])
+    report = tag_batches(batches, stems=[batch_stem(p) for p in files])
     for path, batch in zip(files, report.batches):
         write_json(run.stage_dir("tagged") / path.parent.name / path.name, release_json(batch, strip_empty=False))
     result.files = len(files)

@@ -1,8 +1,8 @@
 """Stage 2: the target model's own answers to T under A and under B (the on-policy responses).
 
-Three engines behind one method, `generate(chats) -> (index, Generation | failure reason)`:
-local transformers (batched, left-padded), vLLM where installed, and any OpenAI-compatible chat
-endpoint (a vLLM or TGI server, OpenRouter). Each answer is stored the moment its batch finishes,
+Three responders (`stage2.engine` picks one) behind one method, `generate(chats) -> (index,
+Generation | failure reason)`: local transformers (batched, left-padded), vLLM where installed, and
+any OpenAI-compatible chat endpoint (a vLLM or TGI server, OpenRouter). Each answer is stored the moment its batch finishes,
 keyed by a hash of the chat and the sampling settings, and every record carries those settings.
 """
 
@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.config import Stage2Config
-from data_gen.engine import Run, StageResult, progress, release_json
+from data_gen.runner import Run, StageResult, progress
 from data_gen.store import now_iso
+from splitpersona.clients import Fault, RetryPolicy, http_fault, status_fault
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage2Inference
+from splitpersona.release import release_json
 
 log = logging.getLogger("data_gen.stage2")
 
@@ -56,7 +57,7 @@ def sampling(cfg: Stage2Config) -> dict[str, Any]:
     }
 
 
-class TransformersEngine:
+class TransformersResponder:
     def __init__(self, cfg: Stage2Config, path: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,7 +119,7 @@ class TransformersEngine:
                 )
 
 
-class VLLMEngine:
+class VLLMResponder:
     def __init__(self, cfg: Stage2Config, path: str):
         try:
             from vllm import LLM, SamplingParams
@@ -142,13 +143,12 @@ class VLLMEngine:
                 yield start + row, Generation(c.text.strip(), len(o.prompt_token_ids), len(c.token_ids), seconds, c.finish_reason)
 
 
-class OpenAIEngine:
-    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency and retries.
+class OpenAIResponder:
+    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency, under the one
+    retry policy of `splitpersona.clients`.
 
     The prompt cannot be cut to `max_input_tokens` here (no tokenizer); the server's limit applies.
     """
-
-    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
     def __init__(self, cfg: Stage2Config, *, sleep=time.sleep):
         import httpx
@@ -162,9 +162,7 @@ class OpenAIEngine:
         if key:
             headers["authorization"] = f"Bearer {key}"
         self.http = httpx.Client(headers=headers, timeout=cfg.timeout_s)
-        self._sleep = sleep
-        self._rng = random.Random(cfg.seed)
-        self._lock = threading.Lock()
+        self.retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, random.Random(cfg.seed), log)
 
     def body(self, chat: Chat) -> dict[str, Any]:
         cfg = self.cfg
@@ -177,38 +175,27 @@ class OpenAIEngine:
         return body
 
     def _one(self, chat: Chat) -> Generation | str:
-        import httpx
-
-        last = ""
-        for attempt in range(1, self.cfg.max_attempts + 1):
+        def attempt(n: int) -> Generation:
             t0 = time.perf_counter()
             try:
                 resp = self.http.post(self.url, json=self.body(chat))
-            except httpx.TimeoutException:
-                last = "timeout"
-            except httpx.TransportError as e:
-                last = f"connection ({type(e).__name__})"
-            else:
-                if resp.status_code == 200:
-                    try:
-                        data = resp.json()
-                        choice = data["choices"][0]
-                        text = choice["message"].get("content") or ""
-                        usage = data.get("usage") or {}
-                        return Generation(text.strip(), int(usage.get("prompt_tokens") or 0),
-                                          int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
-                                          choice.get("finish_reason"))
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        last = f"malformed ({type(e).__name__}: {e})"
-                elif resp.status_code in self.RETRY_STATUS:
-                    last = f"HTTP {resp.status_code}"
-                else:
-                    return f"HTTP {resp.status_code}: {resp.text[:200]}"
-            if attempt < self.cfg.max_attempts:
-                with self._lock:
-                    jitter = 0.5 + self._rng.random() / 2
-                self._sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * jitter)
-        return f"{last}; gave up after {self.cfg.max_attempts} attempts"
+            except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raise
+                raise http_fault(exc) from None
+            if resp.status_code != 200:
+                raise status_fault(resp.status_code, resp.headers, resp.text)
+            try:
+                data = resp.json()
+                choice = data["choices"][0]
+                text = choice["message"].get("content") or ""
+                usage = data.get("usage") or {}
+                return Generation(text.strip(), int(usage.get("prompt_tokens") or 0),
+                                  int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
+                                  choice.get("finish_reason"))
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                raise Fault("malformed", f"{type(e).__name__}: {e}") from None
+
+        tried = self.retry.run(attempt, label="stage2")
+        return tried.value if tried.fault is None else tried.failure
 
     def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
@@ -235,17 +222,17 @@ def build_tiny_model(path: Path, seed: int) -> None:
         os.replace(tmp, path)
 
 
-def make_engine(run: Run):
+def make_responder(run: Run):
     cfg = run.cfg.stage2
     if cfg.engine == "openai":
-        return OpenAIEngine(cfg)
+        return OpenAIResponder(cfg)
     path = cfg.model
     if path == TINY_MODEL:
         target = run.out / TINY_MODEL
         if not target.exists():
             build_tiny_model(target, run.cfg.seed)
         path = str(target)
-    return TransformersEngine(cfg, path) if cfg.engine == "transformers" else VLLMEngine(cfg, path)
+    return TransformersResponder(cfg, path) if cfg.engine == "transformers" else VLLMResponder(cfg, path)
 
 
 @dataclass(frozen=True)
@@ -260,15 +247,11 @@ class Task:
         return [{"role": r, "content": c} for r, c in self.chat]
 
 
-def stage1_files(run: Run) -> list[Path]:
-    return [p for t in run.cfg.topics for p in sorted((run.stage_dir(1) / t).glob("batch_*.json"))]
-
-
 def tasks(run: Run) -> list[Task]:
     cfg = run.cfg.stage2
     settings = {"engine": cfg.engine, "model": cfg.model, "max_input_tokens": cfg.max_input_tokens, **sampling(cfg)}
     out = []
-    for path in stage1_files(run):
+    for path in run.batch_files(1):
         batch = ReleaseBatch.model_validate(read_json(path))
         for idx, item in enumerate(batch.data):
             for variant, system in (("A", item.A), ("B", item.B)):
@@ -294,9 +277,9 @@ def run_stage2(run: Run) -> StageResult:
             todo.append(t)
     if todo:
         log.info("stage2: %d responses to generate with %s (%s)", len(todo), run.cfg.stage2.model, run.cfg.stage2.engine)
-        engine = make_engine(run)
+        responder = make_responder(run)
         with progress(f"stage2 ({run.cfg.stage2.name})", len(todo)) as advance:
-            for i, gen in engine.generate([t.messages() for t in todo]):
+            for i, gen in responder.generate([t.messages() for t in todo]):
                 t = todo[i]
                 row = {"key": t.key, "stage": "stage2", "model": run.cfg.stage2.name, "finished_at": now_iso()}
                 if isinstance(gen, Generation):

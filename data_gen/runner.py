@@ -19,7 +19,6 @@ from data_gen.backend import Backend, Request
 from data_gen.config import GenerateConfig
 from data_gen.prompts import PromptSet, load_prompts
 from data_gen.store import BudgetMeter, Ledger, ResultStore
-from splitpersona.records import ReleaseBatch
 
 log = logging.getLogger("data_gen")
 
@@ -71,7 +70,12 @@ class Run:
         self._stores: dict[str, ResultStore] = {}
 
     def stage_dir(self, stage: int | str) -> Path:
-        return self.out / STAGE_DIRS[stage]
+        """A stage's output directory: 1, 2, 3, "tagged", or a directory name under the run."""
+        return self.out / STAGE_DIRS.get(stage, stage)
+
+    def batch_files(self, stage: int | str) -> list[Path]:
+        """A stage's batch files, topic by topic in the config's order."""
+        return [p for t in self.cfg.topics for p in sorted((self.stage_dir(stage) / t).glob("batch_*.json"))]
 
     def store(self, name: str) -> ResultStore:
         if name not in self._stores:
@@ -87,24 +91,6 @@ class Run:
 
             self._backends[model] = ClaudeBackend(self.cfg.claude, model, self.out)
         return self._backends[model]
-
-
-def release_json(batch: ReleaseBatch, *, strip_empty: bool = True) -> dict[str, Any]:
-    """A batch as the release stores it: absent fields left out, and (before tagging) no empty
-    `interventions` or `tags`, so a response still waiting for its review is a variant without
-    interventions, which the tagger drops, as the release's did."""
-    data = batch.model_dump(mode="json", exclude_none=True)
-    if strip_empty:
-        for item in data["data"]:
-            for by_variant in item.get("inferences", {}).values():
-                for inference in by_variant.values():
-                    for key in ("interventions", "tags"):
-                        if not inference.get(key):
-                            inference.pop(key, None)
-                    for record in inference.get("interventions", {}).values():
-                        if not record.get("tags"):
-                            record.pop("tags", None)
-    return data
 
 
 @contextlib.contextmanager

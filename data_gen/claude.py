@@ -29,10 +29,9 @@ from data_gen.store import now_iso
 from splitpersona.clients import (
     RETRYABLE,
     Fault,
-    MissingCredentials,
     RetryPolicy,
     anthropic_client,
-    anthropic_fault,
+    call_fault,
     tool,
     tool_answer,
     usage,
@@ -56,15 +55,14 @@ class BatchLost(RuntimeError):
     """The API no longer knows a batch id found on disk (deleted, or another workspace)."""
 
 
-def _batch_error_kind(error_type: str) -> str:
-    return {
-        "overloaded_error": "overloaded",
-        "api_error": "server_error",
-        "rate_limit_error": "rate_limit",
-        "timeout_error": "timeout",
-        "authentication_error": "auth",
-        "permission_error": "auth",
-    }.get(error_type, "bad_request")
+BATCH_ERROR_KINDS = {  # an errored batch result's error type -> our fault kind; others are bad_request
+    "overloaded_error": "overloaded",
+    "api_error": "server_error",
+    "rate_limit_error": "rate_limit",
+    "timeout_error": "timeout",
+    "authentication_error": "auth",
+    "permission_error": "auth",
+}
 
 
 def grow(max_tokens: int) -> int:
@@ -91,19 +89,14 @@ class ClaudeBackend:
         self.retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, rng or random.Random(), log)
         try:
             self.client = anthropic_client(base_url=cfg.base_url, timeout_s=cfg.timeout_s)
-        except MissingCredentials as e:
+        except ValueError as e:
             raise GenerationAborted(str(e)) from None
 
     # -- request building --------------------------------------------------------------------
     def params(self, request: Request) -> dict[str, Any]:
         def blocks(bs):
-            out = []
-            for b in bs:
-                block: dict[str, Any] = {"type": "text", "text": b.text}
-                if b.cache and self.cfg.cache_prompts:
-                    block["cache_control"] = {"type": "ephemeral"}
-                out.append(block)
-            return out
+            cached = {"cache_control": {"type": "ephemeral"}} if self.cfg.cache_prompts else {}
+            return [{"type": "text", "text": b.text, **(cached if b.cache else {})} for b in bs]
 
         params: dict[str, Any] = {
             "model": self.model,
@@ -151,7 +144,7 @@ class ClaudeBackend:
             try:
                 message = self.client.messages.create(**params)
             except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raise
-                raise self._fault(meter, request.stage, key, n, anthropic_fault(exc), "sync") from None
+                raise self._fault(meter, request.stage, key, n, call_fault(exc), "sync") from None
             try:
                 value = tool_answer(message, request.tool_name, request.schema, params["max_tokens"])
             except Fault as fault:
@@ -173,7 +166,7 @@ class ClaudeBackend:
         """Report a failed call; bad credentials end the run, since every later call would fail alike."""
         meter.record(Attempt(stage, key, self.model, n, fault.kind, mode, detail=fault.detail))
         if fault.kind == "auth":
-            raise GenerationAborted(fault.detail) from None
+            raise GenerationAborted(f"{fault.detail} (check ANTHROPIC_API_KEY)") from None
         return fault
 
     # -- batch -------------------------------------------------------------------------------
@@ -187,7 +180,7 @@ class ClaudeBackend:
             except anthropic.NotFoundError as exc:
                 raise BatchLost(f"{what}: {exc.message}") from None
             except Exception as exc:  # noqa: BLE001
-                raise self._fault(self._meter, stage, what, n, anthropic_fault(exc), "batch") from None
+                raise self._fault(self._meter, stage, what, n, call_fault(exc), "batch") from None
 
         tried = self.retry.run(attempt, label=f"{stage} {what}")
         if tried.fault is not None:
@@ -267,7 +260,7 @@ class ClaudeBackend:
         if result is None or result.type in ("canceled", "expired"):
             value, kind, detail = None, "expired", "no result (canceled or expired)"
         elif result.type == "errored":
-            kind = _batch_error_kind(result.error.error.type)
+            kind = BATCH_ERROR_KINDS.get(result.error.error.type, "bad_request")
             value, detail = None, f"errored: {result.error.error.type}"
         else:
             used = usage(result.message)

@@ -13,6 +13,7 @@ cost; cost per accepted sample; why the run stopped, if it did).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -55,24 +56,15 @@ def run_tag(run: Run) -> StageResult:
 
 
 def _step(run: Run, step: str, iteration: int, propose: bool) -> StageResult:
-    if step == "stage1":
-        from data_gen.stage1 import run_stage1
-
-        return run_stage1(run)
-    if step == "stage2":
-        from data_gen.stage2 import run_stage2
-
-        return run_stage2(run)
-    if step == "stage3":
-        from data_gen.stage3 import run_stage3
-
-        return run_stage3(run)
+    """One step; each stage's module is imported only when it runs (stage 2 pulls in torch)."""
     if step == "tag":
         return run_tag(run)
     if step == "filter":
         from data_gen.quality import run_filter
 
         return run_filter(run, iteration, propose)
+    if step in STEPS:
+        return getattr(importlib.import_module(f"data_gen.{step}"), f"run_{step}")(run)
     raise ValueError(f"unknown step {step!r}; steps: {STEPS}")
 
 

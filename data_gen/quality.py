@@ -94,30 +94,15 @@ class Candidate:
     def text(self) -> str:
         at, alt = self.at, self.at.item.B if self.at.variant == "A" else self.at.item.A
         return "\n".join([
-            "## The sample",
-            f"Topic: {self.topic}",
-            f"Focus the review judges: {at.record.selected_review_focus}",
-            "",
-            "### System prompt the response was written under",
-            self.system,
-            "",
+            "## The sample", f"Topic: {self.topic}", f"Focus the review judges: {at.record.selected_review_focus}", "",
+            "### System prompt the response was written under", self.system, "",
             "### The other system prompt of the pair (for reference; the model did not see it)",
-            alt if alt is not None else "(none: this scenario has a single system prompt)",
-            "",
-            "### The user's message",
-            at.item.T,
-            "",
-            "### The model's response",
-            at.inference.S if at.inference.S.strip() else "(empty response)",
-            "",
-            "### Intervention (I)",
-            at.record.I,
-            "",
-            "### Review (R)",
-            at.record.R,
-            "",
-            f"### Verdict (P): {at.record.P}",
-            "",
+            alt if alt is not None else "(none: this scenario has a single system prompt)", "",
+            "### The user's message", at.item.T, "",
+            "### The model's response", at.inference.S if at.inference.S.strip() else "(empty response)", "",
+            "### Intervention (I)", at.record.I, "",
+            "### Review (R)", at.record.R, "",
+            f"### Verdict (P): {at.record.P}", "",
             f"Rate the sample on every criterion with the {RATE_TOOL} tool.",
         ])
 
@@ -283,18 +268,15 @@ def iteration_dir(run: Run, iteration: int) -> Path:
 def write_accepted(run: Run, it_dir: Path, samples: list[Candidate], decisions: list[dict[str, Any]]) -> int:
     """The source batches with every intervention that was not accepted removed."""
     keep = {d["id"] for d in decisions if d["accepted"]}
-    by_file: dict[Path, set[tuple[int, str, str, str]]] = {}
-    for c in samples:
-        accepted = by_file.setdefault(c.path, set())
-        if c.id in keep:
-            accepted.add((c.at.idx, c.at.model, c.at.variant, c.at.key))
-    for path, accepted in by_file.items():
+    accepted = {(c.path, c.at.idx, c.at.model, c.at.variant, c.at.key) for c in samples if c.id in keep}
+    paths = list(dict.fromkeys(c.path for c in samples))
+    for path in paths:
         batch = ReleaseBatch.model_validate(read_json(path))
         for s in walk(batch):
-            if (s.idx, s.model, s.variant, s.key) not in accepted:
+            if (path, s.idx, s.model, s.variant, s.key) not in accepted:
                 del s.inference.interventions[s.key]
         write_json(it_dir / "accepted" / path.parent.name / path.name, release_json(batch, strip_empty=False))
-    return len(by_file)
+    return len(paths)
 
 
 def run_filter(run: Run, iteration: int, propose: bool = False) -> StageResult:

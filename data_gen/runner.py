@@ -11,9 +11,9 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from data_gen.backend import Backend, Request
 from data_gen.config import GenerateConfig
@@ -21,6 +21,7 @@ from data_gen.prompts import PromptSet, load_prompts
 from data_gen.store import BudgetMeter, Ledger, ResultStore
 
 log = logging.getLogger("data_gen")
+T = TypeVar("T")
 
 STAGE_DIRS = {1: "stage_1", 2: "stage_2", 3: "stage_3", "tagged": "stage_3_tagged"}
 
@@ -39,17 +40,8 @@ class StageResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "requested": self.requested,
-            "already_done": self.already_done,
-            "ok": self.ok,
-            "failed": self.failed,
-            "not_done": self.not_done,
-            "failures": dict(self.failures.most_common()),
-            "stopped": self.stopped,
-            "files": self.files,
-            **self.notes,
-        }
+        out = {k: v for k, v in asdict(self).items() if k not in ("stage", "notes")}
+        return {**out, "failures": dict(self.failures.most_common()), **self.notes}
 
 
 class Run:
@@ -107,6 +99,13 @@ def progress(description: str, total: int) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
+def still_to_do(run: Run, store: ResultStore, keyed: list[tuple[str, T]], result: StageResult) -> list[T]:
+    """What is not stored yet (or stored as failed, when `retry_failed`); the rest counts as already done."""
+    todo = [x for key, x in keyed if (row := store.get(key)) is None or (row["status"] != "ok" and run.cfg.retry_failed)]
+    result.requested, result.already_done = len(keyed), len(keyed) - len(todo)
+    return todo
+
+
 def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
     """Send every request whose key is not yet stored; store each outcome as it arrives."""
     from data_gen.claude import BatchPending
@@ -117,14 +116,7 @@ def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStor
     unique: dict[str, Request] = {}
     for r in requests:
         unique.setdefault(r.key(backend.model), r)
-    result.requested = len(unique)
-    todo = []
-    for key, r in unique.items():
-        row = store.get(key)
-        if row is not None and (row["status"] == "ok" or not run.cfg.retry_failed):
-            result.already_done += 1
-        else:
-            todo.append(r)
+    todo = still_to_do(run, store, list(unique.items()), result)
     if not todo:
         return result
     log.info("%s: %d requests to send (%d already done) to %s", stage, len(todo), result.already_done, backend.model)

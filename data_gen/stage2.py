@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.config import Stage2Config
-from data_gen.runner import Run, StageResult, progress
+from data_gen.runner import Run, StageResult, progress, still_to_do
 from data_gen.store import now_iso
-from splitpersona.clients import Fault, RetryPolicy, http_fault, status_fault
+from splitpersona.clients import Fault, RetryPolicy, call_fault, status_fault
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage2Inference
 from splitpersona.release import release_json
@@ -144,11 +144,8 @@ class VLLMResponder:
 
 
 class OpenAIResponder:
-    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency, under the one
-    retry policy of `splitpersona.clients`.
-
-    The prompt cannot be cut to `max_input_tokens` here (no tokenizer); the server's limit applies.
-    """
+    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency and the one retry policy.
+    The prompt cannot be cut to `max_input_tokens` here (no tokenizer); the server's limit applies."""
 
     def __init__(self, cfg: Stage2Config, *, sleep=time.sleep):
         import httpx
@@ -180,7 +177,7 @@ class OpenAIResponder:
             try:
                 resp = self.http.post(self.url, json=self.body(chat))
             except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raise
-                raise http_fault(exc) from None
+                raise call_fault(exc) from None
             if resp.status_code != 200:
                 raise status_fault(resp.status_code, resp.headers, resp.text)
             try:
@@ -267,14 +264,7 @@ def run_stage2(run: Run) -> StageResult:
     store = run.store("stage2")
     result = StageResult("stage2")
     all_tasks = tasks(run)
-    result.requested = len(all_tasks)
-    todo = []
-    for t in all_tasks:
-        row = store.get(t.key)
-        if row is not None and (row["status"] == "ok" or not run.cfg.retry_failed):
-            result.already_done += 1
-        else:
-            todo.append(t)
+    todo = still_to_do(run, store, [(t.key, t) for t in all_tasks], result)
     if todo:
         log.info("stage2: %d responses to generate with %s (%s)", len(todo), run.cfg.stage2.model, run.cfg.stage2.engine)
         responder = make_responder(run)

@@ -29,7 +29,7 @@ from eval.arms import result_fields, scored_results
 from eval.config import ExternalConfig
 from eval.results import SampleResult
 from eval.sets import EvalItem
-from splitpersona.clients import RetryPolicy, anthropic_client, anthropic_fault, tool, tool_answer
+from splitpersona.clients import RetryPolicy, anthropic_client, call_fault, tool, tool_answer
 from splitpersona.config import StrictModel
 from splitpersona.persona import Persona
 from splitpersona.records import Flag, TrainingRecord
@@ -100,7 +100,7 @@ class ClaudeJudge:
                     tools=[TOOL], tool_choice={"type": "tool", "name": TOOL_NAME},
                 )
             except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raise
-                raise anthropic_fault(exc) from None
+                raise call_fault(exc) from None
             return tool_answer(msg, TOOL_NAME, JudgeVerdict, self.cfg.max_tokens)
 
         tried = self.retry.run(attempt, label="external judge")

@@ -1,15 +1,10 @@
-"""The one model-client layer: how every model API is called, read and retried.
+"""The one model-client layer, for the generator, the external judge and the stage-2 endpoint.
 
-One retry policy (`RetryPolicy`) serves the generator's Claude calls, the external judge and the
-OpenAI-compatible stage-2 endpoint. Retries are ours, not the SDK's (`max_retries=0`): the SDK
-retries only HTTP faults and hides the failed attempts, while ours treats HTTP faults (429 with
-retry-after, 529, 5xx, dropped connections, timeouts) and answer faults (no tool call, invalid
-tool input, cut off at max_tokens) alike, with exponential backoff and jitter up to
-`max_attempts`, and hands every attempt to the caller, so a ledger can count each kind.
-
-A structured answer is one forced tool call whose input schema is the pydantic model's own JSON
-schema, and the answer is accepted only if it validates against that model. API keys are read
-from the environment (by the SDK, or by the caller from a named variable) and never logged.
+One retry policy, ours rather than the SDK's (`max_retries=0`), since the SDK retries only HTTP
+faults and hides the failed attempts: HTTP faults (429 with retry-after, 529, 5xx, dropped
+connections, timeouts) and answer faults (no tool call, invalid tool input, cut off at
+max_tokens) alike, with backoff and jitter, every attempt handed to the caller (for a ledger).
+A structured answer is one forced tool call whose schema is the pydantic model's own.
 """
 
 from __future__ import annotations
@@ -43,18 +38,11 @@ class Fault(Exception):
         super().__init__(f"{kind} ({detail})")
 
 
-class MissingCredentials(ValueError):
-    """No API key where the client looks for one."""
-
-
 def _retry_after(headers: Any) -> float | None:
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        raw = None if headers is None else headers.get(name)
-        if raw is None:
-            continue
         try:
-            return max(0.0, float(raw) * scale)
-        except ValueError:
+            return max(0.0, float(headers[name]) * scale)
+        except (KeyError, TypeError, ValueError):
             continue
     return None
 
@@ -71,31 +59,21 @@ def status_fault(status: int, headers: Any = None, message: str = "") -> Fault:
     if status >= 500 or status == 409:
         return Fault("server_error", detail, _retry_after(headers))
     if status in (401, 403):
-        return Fault("auth", f"{detail}: the API refused the credentials (check ANTHROPIC_API_KEY)")
+        return Fault("auth", f"{detail}: the API refused the credentials")
     return Fault("bad_request", f"{detail}: {message[:300]}")
 
 
-def anthropic_fault(exc: BaseException) -> Fault:
-    """The fault an `anthropic` SDK exception means; anything else is re-raised."""
+def call_fault(exc: BaseException) -> Fault:
+    """The fault an `anthropic` or `httpx` exception means; anything else is re-raised."""
     import anthropic
+    import httpx
 
-    if isinstance(exc, anthropic.APITimeoutError):
+    if isinstance(exc, (anthropic.APITimeoutError, httpx.TimeoutException)):
         return Fault("timeout", "request timed out")
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, (anthropic.APIConnectionError, httpx.TransportError)):
         return Fault("connection", type(exc.__cause__ or exc).__name__)
     if isinstance(exc, anthropic.APIStatusError):
         return status_fault(exc.status_code, exc.response.headers, getattr(exc, "message", ""))
-    raise exc
-
-
-def http_fault(exc: BaseException) -> Fault:
-    """The fault an `httpx` transport exception means; anything else is re-raised."""
-    import httpx
-
-    if isinstance(exc, httpx.TimeoutException):
-        return Fault("timeout", "request timed out")
-    if isinstance(exc, httpx.TransportError):
-        return Fault("connection", type(exc).__name__)
     raise exc
 
 
@@ -110,8 +88,7 @@ class Tried(Generic[T]):
 
     @property
     def fault(self) -> Fault | None:
-        """Why it failed: a final fault, else the kind that recurred most (the later on a tie) rather than a
-        transient one that happened to come last; its latest instance. None when the last attempt answered."""
+        """Why it failed (None if it did not): a final fault, else the latest of the kind that recurred most."""
         if len(self.faults) < self.attempts or not self.faults:
             return None
         if self.faults[-1].kind not in RETRYABLE:
@@ -166,16 +143,16 @@ class RetryPolicy:
 
 
 def anthropic_client(*, base_url: str | None, timeout_s: float, api_key: str | None = None) -> Any:
-    """An `anthropic.Anthropic` with the SDK's retries off (ours apply). Without `api_key` the SDK
-    finds the credentials itself (ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, a profile)."""
+    """An `anthropic.Anthropic` with the SDK's retries off (ours apply), or a ValueError if it has no
+    credentials. Without `api_key` the SDK finds them (ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, a profile)."""
     import anthropic
 
     try:
         client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
     except anthropic.CredentialsError as e:
-        raise MissingCredentials(f"no usable Anthropic credentials ({e}); set ANTHROPIC_API_KEY") from None
+        raise ValueError(f"no usable Anthropic credentials ({e}); set ANTHROPIC_API_KEY") from None
     if client.api_key is None and client.auth_token is None and client.credentials is None:
-        raise MissingCredentials("no Anthropic credentials: set ANTHROPIC_API_KEY")
+        raise ValueError("no Anthropic credentials: set ANTHROPIC_API_KEY")
     return client
 
 
@@ -223,14 +200,11 @@ def tool_answer(message: Any, name: str, model: type[BaseModel], max_tokens: int
     return parse_answer(model, call.input)
 
 
+USAGE = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
+         "cache_write_tokens": "cache_creation_input_tokens", "cache_read_tokens": "cache_read_input_tokens"}
+
+
 def usage(message: Any) -> dict[str, int]:
-    """A Messages answer's token counts, prompt-cache writes and reads included."""
+    """A Messages answer's token counts (ours: the SDK's), prompt-cache writes and reads included."""
     u = getattr(message, "usage", None)
-    if u is None:
-        return {}
-    return {
-        "input_tokens": int(u.input_tokens or 0),
-        "output_tokens": int(u.output_tokens or 0),
-        "cache_write_tokens": int(getattr(u, "cache_creation_input_tokens", 0) or 0),
-        "cache_read_tokens": int(getattr(u, "cache_read_input_tokens", 0) or 0),
-    }
+    return {} if u is None else {ours: int(getattr(u, sdk, 0) or 0) for ours, sdk in USAGE.items()}

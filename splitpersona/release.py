@@ -197,28 +197,15 @@ def flatten(batches: Iterable[tuple[Path, ReleaseBatch]], filt: ReleaseFilter) -
             if rid in origin:
                 raise DataError(path, f"record id {rid!r} already came from {origin[rid]}", record=f"item {s.idx}")
             origin[rid] = path
-            records.append(
-                TrainingRecord(
-                    id=rid,
-                    topic=batch.topic,
-                    model=s.model,
-                    variant=s.variant,
-                    intervention_key=s.key,
-                    intervention_type=iv.intervention_type,
-                    system=item.A if s.variant == "A" else item.B,
-                    user=item.T,
-                    response=s.inference.S,
-                    intervention=iv.I,
-                    review=iv.R,
-                    flag=iv.P,
-                    confidence=iv.confidence,
-                    tags=sorted(set(iv.tags) | set(s.inference.tags)),
-                    source=source,
-                    alt_system=item.B if s.variant == "A" else item.A,
-                    verdict_depends_on_system_prompt=iv.verdict_depends_on_system_prompt,
-                    review_mentions_system_prompt=iv.review_mentions_system_prompt,
-                )
-            )
+            system, alt_system = (item.A, item.B) if s.variant == "A" else (item.B, item.A)
+            records.append(TrainingRecord(
+                id=rid, topic=batch.topic, model=s.model, variant=s.variant, intervention_key=s.key,
+                intervention_type=iv.intervention_type, system=system, alt_system=alt_system, user=item.T,
+                response=s.inference.S, intervention=iv.I, review=iv.R, flag=iv.P, confidence=iv.confidence,
+                tags=sorted(set(iv.tags) | set(s.inference.tags)), source=source,
+                verdict_depends_on_system_prompt=iv.verdict_depends_on_system_prompt,
+                review_mentions_system_prompt=iv.review_mentions_system_prompt,
+            ))
     return records, stats
 
 

@@ -8,12 +8,11 @@ to subclass `LocalBackend` and implement `complete`, reading the structured inpu
 in `Request.context` instead of parsing the prompt text.
 
 Everything else (the result store, skipping done work, the ledger, the budget) is the runner's
-job (`data_gen.engine`), so a backend stays small.
+job (`data_gen.runner`), so a backend stays small.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -22,13 +21,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from splitpersona.io import describe_validation_error
-
-# Fault kinds, as counted in the ledger and the run summary.
-RETRYABLE = ("rate_limit", "overloaded", "server_error", "connection", "timeout", "malformed", "truncated", "expired")
-FATAL = ("auth",)  # every later request would fail the same way: abort the run
+from splitpersona.clients import Fault, parse_answer, tool_schema
 
 
 class GenerationAborted(RuntimeError):
@@ -77,7 +72,7 @@ class Attempt:
     key: str
     model: str
     attempt: int
-    outcome: str  # "ok", a RETRYABLE kind, "bad_request", "auth", "refused"
+    outcome: str  # "ok" or a splitpersona.clients.Fault kind
     mode: Literal["sync", "batch", "local"] = "sync"
     input_tokens: int = 0
     output_tokens: int = 0
@@ -120,33 +115,6 @@ class Backend(Protocol):
     def run(self, requests: Sequence[Request], meter: Meter) -> Iterator[Outcome]: ...
 
 
-def tool_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema with `$ref`s inlined: one self-contained input_schema per tool."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
-                rest = {k: v for k, v in node.items() if k != "$ref"}
-                return inline({**target, **rest})
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    return inline(schema)
-
-
-def validate_answer(request: Request, data: Any) -> tuple[BaseModel | None, str]:
-    """(object, "") or (None, reason): the single place an answer is accepted."""
-    try:
-        return request.schema.model_validate(data), ""
-    except ValidationError as e:
-        return None, describe_validation_error(e)[:500]
-
-
 class LocalBackend(ABC):
     """Base for backends that answer in-process (templates, ground-truth labellers).
 
@@ -166,13 +134,15 @@ class LocalBackend(ABC):
             key = request.key(self.model)
             started = time.perf_counter()
             answer = self.complete(request)
-            data = answer.model_dump() if isinstance(answer, BaseModel) else answer
-            value, reason = validate_answer(request, data)
+            try:
+                value = parse_answer(request.schema, answer.model_dump() if isinstance(answer, BaseModel) else answer)
+            except Fault as fault:
+                value, failure = None, f"malformed: {fault.detail}"
             outcome = "ok" if value is not None else "malformed"
             meter.record(
                 Attempt(request.stage, key, self.model, 1, outcome, "local", detail=f"{time.perf_counter() - started:.3f}s")
             )
             if value is None:
-                yield Outcome(request, key, "failed", failure=f"malformed: {reason}", attempts=1)
+                yield Outcome(request, key, "failed", failure=failure, attempts=1)
             else:
                 yield Outcome(request, key, "ok", value=value, attempts=1)

@@ -1,11 +1,9 @@
 """Claude through the official `anthropic` SDK: forced-tool calls, sync or Message Batches.
 
-Retries are ours, not the SDK's (`max_retries=0`): one loop treats HTTP faults (429 with
-retry-after, 529, 5xx, dropped connections, timeouts) and answer faults (no tool call, invalid
-tool input, cut off at max_tokens) alike, with exponential backoff and jitter up to
-`max_attempts` (an answer cut off at max_tokens is retried with 1.5x the room), and reports every
-call to the meter, so the summary can count each kind. The SDK
-reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself; the key is never passed through our code.
+Every call goes through `splitpersona.clients` (its one retry policy, tool schemas from the answer
+models) and is reported to the meter, so the summary can count each fault kind; an answer cut
+off at max_tokens is retried with 1.5x the room. The SDK reads ANTHROPIC_API_KEY and
+ANTHROPIC_BASE_URL itself; the key is never passed through our code.
 
 Batch mode writes each submitted batch's id and request keys to `batches.jsonl` before polling,
 so a restarted run collects a pending batch by id instead of paying for it twice. (A kill in the
@@ -18,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -26,9 +23,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from data_gen.backend import RETRYABLE, Attempt, GenerationAborted, Meter, Outcome, Request, tool_schema, validate_answer
+from data_gen.backend import Attempt, GenerationAborted, Meter, Outcome, Request
 from data_gen.config import ClaudeConfig
 from data_gen.store import now_iso
+from splitpersona.clients import (
+    RETRYABLE,
+    Fault,
+    RetryPolicy,
+    anthropic_client,
+    call_fault,
+    tool,
+    tool_answer,
+    usage,
+)
 from splitpersona.io import append_jsonl, iter_jsonl
 
 log = logging.getLogger("data_gen.claude")
@@ -48,93 +55,19 @@ class BatchLost(RuntimeError):
     """The API no longer knows a batch id found on disk (deleted, or another workspace)."""
 
 
-class _Fault(Exception):
-    def __init__(self, kind: str, detail: str, retry_after: float | None = None):
-        self.kind, self.detail, self.retry_after = kind, detail, retry_after
-        super().__init__(f"{kind}: {detail}")
-
-
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw) * scale)
-        except ValueError:
-            continue
-    return None
-
-
-def classify_exception(exc: BaseException) -> _Fault:
-    """Map an SDK exception to a fault kind; `auth` is fatal, `bad_request` is final for the request."""
-    import anthropic
-
-    if isinstance(exc, anthropic.APITimeoutError):
-        return _Fault("timeout", "request timed out")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return _Fault("connection", type(exc.__cause__ or exc).__name__)
-    if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        detail = f"HTTP {status}"
-        if status == 429:
-            return _Fault("rate_limit", detail, _retry_after(exc.response.headers))
-        if status == 529:
-            return _Fault("overloaded", detail, _retry_after(exc.response.headers))
-        if status in (408,):
-            return _Fault("timeout", detail)
-        if status >= 500 or status == 409:
-            return _Fault("server_error", detail, _retry_after(exc.response.headers))
-        if status in (401, 403):
-            return _Fault("auth", f"{detail}: the API refused the credentials (check ANTHROPIC_API_KEY)")
-        return _Fault("bad_request", f"{detail}: {getattr(exc, 'message', '')[:300]}")
-    raise exc
-
-
-def _batch_error_kind(error_type: str) -> str:
-    return {
-        "overloaded_error": "overloaded",
-        "api_error": "server_error",
-        "rate_limit_error": "rate_limit",
-        "timeout_error": "timeout",
-        "authentication_error": "auth",
-        "permission_error": "auth",
-    }.get(error_type, "bad_request")
-
-
-def _usage(message: Any) -> dict[str, int]:
-    u = getattr(message, "usage", None)
-    if u is None:
-        return {}
-    return {
-        "input_tokens": int(u.input_tokens or 0),
-        "output_tokens": int(u.output_tokens or 0),
-        "cache_write_tokens": int(getattr(u, "cache_creation_input_tokens", 0) or 0),
-        "cache_read_tokens": int(getattr(u, "cache_read_input_tokens", 0) or 0),
-    }
+BATCH_ERROR_KINDS = {  # an errored batch result's error type -> our fault kind; others are bad_request
+    "overloaded_error": "overloaded",
+    "api_error": "server_error",
+    "rate_limit_error": "rate_limit",
+    "timeout_error": "timeout",
+    "authentication_error": "auth",
+    "permission_error": "auth",
+}
 
 
 def grow(max_tokens: int) -> int:
     """The retry of an answer cut off at max_tokens gets more room (the request's key stays the same)."""
     return min(MAX_OUTPUT_TOKENS, int(max_tokens * 1.5))
-
-
-def read_message(request: Request, message: Any, max_tokens: int) -> tuple[Any, str, str]:
-    """(value, "ok", "") or (None, fault kind, detail) for one Messages answer."""
-    if message.stop_reason == "max_tokens":
-        return None, "truncated", f"cut off at max_tokens={max_tokens}"
-    if message.stop_reason == "refusal":
-        return None, "refused", "the model refused"
-    calls = [b for b in message.content if getattr(b, "type", None) == "tool_use" and b.name == request.tool_name]
-    if not calls:
-        kinds = ",".join(getattr(b, "type", "?") for b in message.content) or "nothing"
-        return None, "malformed", f"no {request.tool_name} tool call (got {kinds})"
-    value, reason = validate_answer(request, calls[0].input)
-    if value is None:
-        return None, "malformed", reason
-    return value, "ok", ""
 
 
 class ClaudeBackend:
@@ -149,55 +82,33 @@ class ClaudeBackend:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ):
-        import anthropic
-
         self.cfg = cfg
         self.model = model
         self.state_path = Path(state_dir) / "batches.jsonl"
         self._sleep = sleep
-        self._rng = rng or random.Random()
-        self._rng_lock = threading.Lock()
+        self.retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, rng or random.Random(), log)
         try:
-            self.client = anthropic.Anthropic(base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout_s)
-        except anthropic.CredentialsError as e:
-            raise GenerationAborted(f"no usable Anthropic credentials ({e}); set ANTHROPIC_API_KEY") from None
-        if self.client.api_key is None and self.client.auth_token is None and self.client.credentials is None:
-            raise GenerationAborted("no Anthropic credentials: set ANTHROPIC_API_KEY")
+            self.client = anthropic_client(base_url=cfg.base_url, timeout_s=cfg.timeout_s)
+        except ValueError as e:
+            raise GenerationAborted(str(e)) from None
 
     # -- request building --------------------------------------------------------------------
     def params(self, request: Request) -> dict[str, Any]:
         def blocks(bs):
-            out = []
-            for b in bs:
-                block: dict[str, Any] = {"type": "text", "text": b.text}
-                if b.cache and self.cfg.cache_prompts:
-                    block["cache_control"] = {"type": "ephemeral"}
-                out.append(block)
-            return out
+            cached = {"cache_control": {"type": "ephemeral"}} if self.cfg.cache_prompts else {}
+            return [{"type": "text", "text": b.text, **(cached if b.cache else {})} for b in bs]
 
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
             "system": blocks(request.system),
             "messages": [{"role": "user", "content": blocks(request.user)}],
-            "tools": [
-                {
-                    "name": request.tool_name,
-                    "description": request.tool_description,
-                    "input_schema": tool_schema(request.schema),
-                }
-            ],
+            "tools": [tool(request.tool_name, request.tool_description, request.schema)],
             "tool_choice": {"type": "tool", "name": request.tool_name},
         }
         if request.temperature is not None:
             params["temperature"] = request.temperature
         return params
-
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        with self._rng_lock:
-            jitter = 0.5 + self._rng.random() / 2
-        delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1)) * jitter
-        return max(delay, retry_after or 0.0)
 
     # -- Backend -----------------------------------------------------------------------------
     def run(self, requests: Sequence[Request], meter: Meter) -> Iterator[Outcome]:
@@ -228,62 +139,53 @@ class ClaudeBackend:
     def _call(self, request: Request, meter: Meter) -> Outcome:
         key = request.key(self.model)
         params = self.params(request)
-        last = ""
-        for attempt in range(1, self.cfg.max_attempts + 1):
-            if attempt > 1 and not meter.allow():
-                return Outcome(request, key, "deferred", failure=f"budget reached after {last}", attempts=attempt - 1)
+
+        def attempt(n: int) -> Any:
             try:
                 message = self.client.messages.create(**params)
-            except Exception as exc:  # noqa: BLE001 - classified below; unknown types re-raise
-                fault = classify_exception(exc)
-                meter.record(Attempt(request.stage, key, self.model, attempt, fault.kind, "sync", detail=fault.detail))
-                if fault.kind == "auth":
-                    raise GenerationAborted(fault.detail) from None
-                last = f"{fault.kind} ({fault.detail})"
-                if fault.kind not in RETRYABLE:
-                    return Outcome(request, key, "failed", failure=last, attempts=attempt)
-                self._wait(request, key, attempt, fault.kind, fault.retry_after)
-                continue
-            value, kind, detail = read_message(request, message, params["max_tokens"])
-            meter.record(Attempt(request.stage, key, self.model, attempt, kind, "sync", **_usage(message), detail=detail))
-            if kind == "ok":
-                return Outcome(request, key, "ok", value=value, attempts=attempt)
-            last = f"{kind} ({detail})"
-            if kind not in RETRYABLE:
-                return Outcome(request, key, "failed", failure=last, attempts=attempt)
-            if kind == "truncated":
-                params["max_tokens"] = grow(params["max_tokens"])
-            self._wait(request, key, attempt, kind, None)
-        return Outcome(request, key, "failed", failure=f"{last}; gave up after {self.cfg.max_attempts} attempts",
-                       attempts=self.cfg.max_attempts)
+            except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raise
+                raise self._fault(meter, request.stage, key, n, call_fault(exc), "sync") from None
+            try:
+                value = tool_answer(message, request.tool_name, request.schema, params["max_tokens"])
+            except Fault as fault:
+                meter.record(Attempt(request.stage, key, self.model, n, fault.kind, "sync", **usage(message), detail=fault.detail))
+                if fault.kind == "truncated":
+                    params["max_tokens"] = grow(params["max_tokens"])
+                raise
+            meter.record(Attempt(request.stage, key, self.model, n, "ok", "sync", **usage(message)))
+            return value
 
-    def _wait(self, request: Request, key: str, attempt: int, kind: str, retry_after: float | None) -> None:
-        if attempt >= self.cfg.max_attempts:
-            return
-        delay = self.backoff(attempt, retry_after)
-        log.info("%s %s: %s on attempt %d/%d, retrying in %.2fs", request.stage, key[:12], kind, attempt,
-                 self.cfg.max_attempts, delay)
-        self._sleep(delay)
+        tried = self.retry.run(attempt, label=f"{request.stage} {key[:12]}", keep_going=meter.allow)
+        if tried.stopped:
+            return Outcome(request, key, "deferred", failure=f"budget reached after {tried.fault}", attempts=tried.attempts)
+        if tried.fault is not None:
+            return Outcome(request, key, "failed", failure=tried.failure, attempts=tried.attempts)
+        return Outcome(request, key, "ok", value=tried.value, attempts=tried.attempts)
+
+    def _fault(self, meter: Meter, stage: str, key: str, n: int, fault: Fault, mode: str) -> Fault:
+        """Report a failed call; bad credentials end the run, since every later call would fail alike."""
+        meter.record(Attempt(stage, key, self.model, n, fault.kind, mode, detail=fault.detail))
+        if fault.kind == "auth":
+            raise GenerationAborted(f"{fault.detail} (check ANTHROPIC_API_KEY)") from None
+        return fault
 
     # -- batch -------------------------------------------------------------------------------
     def _api(self, what: str, stage: str, fn: Callable[[], Any]) -> Any:
         """A batch-endpoint call, retried on HTTP faults like a message call."""
         import anthropic
 
-        for attempt in range(1, self.cfg.max_attempts + 1):
+        def attempt(n: int) -> Any:
             try:
                 return fn()
             except anthropic.NotFoundError as exc:
                 raise BatchLost(f"{what}: {exc.message}") from None
             except Exception as exc:  # noqa: BLE001
-                fault = classify_exception(exc)
-                self._meter.record(Attempt(stage, what, self.model, attempt, fault.kind, "batch", detail=fault.detail))
-                if fault.kind == "auth":
-                    raise GenerationAborted(fault.detail) from None
-                if fault.kind not in RETRYABLE or attempt == self.cfg.max_attempts:
-                    raise RuntimeError(f"Message Batches call {what} failed: {fault.kind} ({fault.detail})") from None
-                self._sleep(self.backoff(attempt, fault.retry_after))
-        raise AssertionError("unreachable")
+                raise self._fault(self._meter, stage, what, n, call_fault(exc), "batch") from None
+
+        tried = self.retry.run(attempt, label=f"{stage} {what}")
+        if tried.fault is not None:
+            raise RuntimeError(f"Message Batches call {what} failed: {tried.fault}")
+        return tried.value
 
     def _open_batches(self) -> list[dict[str, Any]]:
         if not self.state_path.exists():
@@ -354,16 +256,19 @@ class ClaudeBackend:
         request = pending[key]
         tries[key] += 1
         n = tries[key]
-        usage: dict[str, int] = {}
+        used: dict[str, int] = {}
         if result is None or result.type in ("canceled", "expired"):
             value, kind, detail = None, "expired", "no result (canceled or expired)"
         elif result.type == "errored":
-            kind = _batch_error_kind(result.error.error.type)
+            kind = BATCH_ERROR_KINDS.get(result.error.error.type, "bad_request")
             value, detail = None, f"errored: {result.error.error.type}"
         else:
-            value, kind, detail = read_message(request, result.message, request.max_tokens)
-            usage = _usage(result.message)
-        self._meter.record(Attempt(request.stage, key, self.model, n, kind, "batch", **usage, detail=detail))
+            used = usage(result.message)
+            try:
+                value, kind, detail = tool_answer(result.message, request.tool_name, request.schema, request.max_tokens), "ok", ""
+            except Fault as fault:
+                value, kind, detail = None, fault.kind, fault.detail
+        self._meter.record(Attempt(request.stage, key, self.model, n, kind, "batch", **used, detail=detail))
         if kind == "ok":
             del pending[key]
             yield Outcome(request, key, "ok", value=value, attempts=n)

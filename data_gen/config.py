@@ -91,6 +91,8 @@ class Stage2Config(StrictModel):
     batch_size: int = Field(8, ge=1, description="Rows per generate() call (transformers, vllm).")
     concurrency: int = Field(8, ge=1, description="Requests in flight (openai engine).")
     max_attempts: int = Field(4, ge=1, description="openai engine: tries per request.")
+    backoff_base_s: float = Field(0.5, ge=0, description="openai engine: first retry waits about this long; doubles per try.")
+    backoff_max_s: float = Field(30.0, ge=0, description="openai engine: cap on one backoff wait.")
     timeout_s: float = Field(300.0, gt=0)
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -13,6 +13,7 @@ cost; cost per accepted sample; why the run stopped, if it did).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,11 +21,12 @@ from typing import Any
 
 from data_gen.backend import Backend
 from data_gen.config import GenerateConfig
-from data_gen.engine import Run, StageResult, release_json
+from data_gen.runner import Run, StageResult
 from data_gen.store import now_iso, run_lock, summarise_ledger
 from splitpersona.config import dump_config
 from splitpersona.io import iter_jsonl, read_json, write_json
 from splitpersona.records import ReleaseBatch
+from splitpersona.release import batch_stem, release_json
 from splitpersona.run import provenance
 
 log = logging.getLogger("data_gen")
@@ -37,9 +39,9 @@ def run_tag(run: Run) -> StageResult:
     from data_gen.tags import tag_batches
 
     result = StageResult("tag")
-    files = [p for t in run.cfg.topics for p in sorted((run.stage_dir(3) / t).glob("batch_*.json"))]
+    files = run.batch_files(3)
     batches = [ReleaseBatch.model_validate(read_json(p)) for p in files]
-    report = tag_batches(batches, stems=[p.name.removesuffix(".json") for p in files])
+    report = tag_batches(batches, stems=[batch_stem(p) for p in files])
     for path, batch in zip(files, report.batches):
         write_json(run.stage_dir("tagged") / path.parent.name / path.name, release_json(batch, strip_empty=False))
     result.files = len(files)
@@ -54,24 +56,15 @@ def run_tag(run: Run) -> StageResult:
 
 
 def _step(run: Run, step: str, iteration: int, propose: bool) -> StageResult:
-    if step == "stage1":
-        from data_gen.stage1 import run_stage1
-
-        return run_stage1(run)
-    if step == "stage2":
-        from data_gen.stage2 import run_stage2
-
-        return run_stage2(run)
-    if step == "stage3":
-        from data_gen.stage3 import run_stage3
-
-        return run_stage3(run)
+    """One step; each stage's module is imported only when it runs (stage 2 pulls in torch)."""
     if step == "tag":
         return run_tag(run)
     if step == "filter":
         from data_gen.quality import run_filter
 
         return run_filter(run, iteration, propose)
+    if step in STEPS:
+        return getattr(importlib.import_module(f"data_gen.{step}"), f"run_{step}")(run)
     raise ValueError(f"unknown step {step!r}; steps: {STEPS}")
 
 

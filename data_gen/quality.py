@@ -28,12 +28,13 @@ import yaml
 from pydantic import Field, field_validator
 
 from data_gen.backend import Block, Request
-from data_gen.engine import Run, StageResult, execute, release_json
+from data_gen.runner import Run, StageResult, execute
 from data_gen.prompts import render
 from data_gen.schemas import CriteriaProposal, rating_answer
 from splitpersona.config import StrictModel, load_config
 from splitpersona.io import DataError, atomic_write, iter_jsonl, read_json, write_json, write_jsonl
 from splitpersona.records import ReleaseBatch
+from splitpersona.release import Slot, batch_stem, intervention_id, release_json, walk
 
 log = logging.getLogger("data_gen.filter")
 
@@ -73,88 +74,58 @@ def load_criteria(path: str | Path) -> Criteria:
     return load_config(Criteria, path)
 
 
-@dataclass
-class Sample:
+@dataclass(frozen=True)
+class Candidate:
+    """One intervention up for rating: its id, the file it came from, and where in that file it sits."""
+
     id: str
     path: Path
-    item: int
-    model: str
-    variant: str
-    key: str
     topic: str
-    system: str
-    alt_system: str | None
-    user: str
-    response: str
-    intervention: str
-    review: str
-    flag: str
-    focus: str
-    error: bool
+    at: Slot
+
+    @property
+    def system(self) -> str:
+        return (self.at.item.A if self.at.variant == "A" else self.at.item.B) or ""
+
+    @property
+    def error(self) -> bool:
+        return self.at.record.P == "ERROR"
 
     def text(self) -> str:
+        at, alt = self.at, self.at.item.B if self.at.variant == "A" else self.at.item.A
         return "\n".join([
-            "## The sample",
-            f"Topic: {self.topic}",
-            f"Focus the review judges: {self.focus}",
-            "",
-            "### System prompt the response was written under",
-            self.system,
-            "",
+            "## The sample", f"Topic: {self.topic}", f"Focus the review judges: {at.record.selected_review_focus}", "",
+            "### System prompt the response was written under", self.system, "",
             "### The other system prompt of the pair (for reference; the model did not see it)",
-            self.alt_system if self.alt_system is not None else "(none: this scenario has a single system prompt)",
-            "",
-            "### The user's message",
-            self.user,
-            "",
-            "### The model's response",
-            self.response if self.response.strip() else "(empty response)",
-            "",
-            "### Intervention (I)",
-            self.intervention,
-            "",
-            "### Review (R)",
-            self.review,
-            "",
-            f"### Verdict (P): {self.flag}",
-            "",
+            alt if alt is not None else "(none: this scenario has a single system prompt)", "",
+            "### The user's message", at.item.T, "",
+            "### The model's response", at.inference.S if at.inference.S.strip() else "(empty response)", "",
+            "### Intervention (I)", at.record.I, "",
+            "### Review (R)", at.record.R, "",
+            f"### Verdict (P): {at.record.P}", "",
             f"Rate the sample on every criterion with the {RATE_TOOL} tool.",
         ])
 
 
 def source_files(run: Run) -> list[Path]:
-    root = run.out / run.cfg.filter.source
-    files = [p for t in run.cfg.topics for p in sorted((root / t).glob("batch_*.json"))]
+    files = run.batch_files(run.cfg.filter.source)
     if not files:
-        raise DataError(root, "no batch files to filter: run the earlier stages (and `tag`) first")
+        raise DataError(run.stage_dir(run.cfg.filter.source),
+                        "no batch files to filter: run the earlier stages (and `tag`) first")
     return files
 
 
-def collect_samples(run: Run) -> list[Sample]:
-    from data_gen.tags import intervention_id
-
+def collect_samples(run: Run) -> list[Candidate]:
     keys = set(run.cfg.filter.intervention_keys or [f"{t}__{run.cfg.stage3.version}" for t in run.cfg.stage3.intervention_types])
     out = []
     for path in source_files(run):
         batch = ReleaseBatch.model_validate(read_json(path))
-        for idx, item in enumerate(batch.data):
-            for model, by_variant in item.inferences.items():
-                for variant, inference in by_variant.items():
-                    for key, iv in inference.interventions.items():
-                        if key not in keys:
-                            continue
-                        out.append(Sample(
-                            id=iv.id_string or intervention_id(path.name.removesuffix(".json"), idx, model, variant, key),
-                            path=path, item=idx, model=model, variant=variant, key=key, topic=batch.topic,
-                            system=item.A if variant == "A" else item.B or "",
-                            alt_system=item.B if variant == "A" else item.A,
-                            user=item.T, response=inference.S, intervention=iv.I, review=iv.R, flag=iv.P,
-                            focus=iv.selected_review_focus, error=iv.P == "ERROR",
-                        ))
+        out += [Candidate(s.record.id_string or intervention_id(batch_stem(path), s), path, batch.topic, s)
+                for s in walk(batch) if s.key in keys]
     return out
 
 
-def rating_request(run: Run, criteria: Criteria, sample: Sample) -> Request:
+def rating_request(run: Run, criteria: Criteria, sample: Candidate) -> Request:
     p = run.prompts
     instructions = render(p.filter, str(p.root / "filter.md"), version=str(criteria.version), criteria=criteria.as_text())
     return Request(
@@ -169,9 +140,10 @@ def rating_request(run: Run, criteria: Criteria, sample: Sample) -> Request:
     )
 
 
-def decide(criteria: Criteria, sample: Sample, row: dict[str, Any] | None) -> dict[str, Any]:
-    base = {"id": sample.id, "topic": sample.topic, "key": sample.key, "model": sample.model, "variant": sample.variant,
-            "flag": sample.flag, "file": sample.path.name, "item": sample.item}
+def decide(criteria: Criteria, sample: Candidate, row: dict[str, Any] | None) -> dict[str, Any]:
+    at = sample.at
+    base = {"id": sample.id, "topic": sample.topic, "key": at.key, "model": at.model, "variant": at.variant,
+            "flag": at.record.P, "file": sample.path.name, "item": at.idx}
     if sample.error:
         return {**base, "decision": "generation_failed", "accepted": False, "failed_criteria": [], "scores": {}}
     if row is None:
@@ -230,7 +202,7 @@ def report_markdown(iteration: int, modes: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def review_sheet(iteration: int, decisions: list[dict[str, Any]], samples: dict[str, Sample], n: int, seed: int) -> str:
+def review_sheet(iteration: int, decisions: list[dict[str, Any]], samples: dict[str, Candidate], n: int, seed: int) -> str:
     rng = random.Random(f"{seed}:review:{iteration}")
     accepted = [d for d in decisions if d["decision"] == "accepted"]
     rejected = [d for d in decisions if d["decision"] == "rejected"]
@@ -244,9 +216,11 @@ def review_sheet(iteration: int, decisions: list[dict[str, Any]], samples: dict[
             lines += [f"### `{d['id']}` — {d['decision']}" + (f" (failed: {', '.join(d['failed_criteria'])})" if d["failed_criteria"] else ""),
                       "", "| criterion | score | reason |", "|---|---|---|"]
             lines += [f"| {k} | {v['score']} | {v['reason'].replace('|', '/')} |" for k, v in d["scores"].items()]
-            lines += ["", f"**System ({s.variant}):** {s.system}", "", f"**User:** {s.user}", "",
-                      f"**Response:** {s.response}", "", f"**Intervention:** {s.intervention}", "",
-                      f"**Review:** {s.review}", "", f"**Flag:** {s.flag} (focus: {s.focus})", "", "---", ""]
+            at = s.at
+            lines += ["", f"**System ({at.variant}):** {s.system}", "", f"**User:** {at.item.T}", "",
+                      f"**Response:** {at.inference.S}", "", f"**Intervention:** {at.record.I}", "",
+                      f"**Review:** {at.record.R}", "", f"**Flag:** {at.record.P} (focus: {at.record.selected_review_focus})",
+                      "", "---", ""]
     return "\n".join(lines)
 
 
@@ -291,23 +265,18 @@ def iteration_dir(run: Run, iteration: int) -> Path:
     return run.out / "filter" / f"iter_{iteration:03d}"
 
 
-def write_accepted(run: Run, it_dir: Path, samples: list[Sample], decisions: list[dict[str, Any]]) -> int:
+def write_accepted(run: Run, it_dir: Path, samples: list[Candidate], decisions: list[dict[str, Any]]) -> int:
     """The source batches with every intervention that was not accepted removed."""
     keep = {d["id"] for d in decisions if d["accepted"]}
-    by_file: dict[Path, list[Sample]] = {}
-    for s in samples:
-        by_file.setdefault(s.path, []).append(s)
-    for path, file_samples in by_file.items():
+    accepted = {(c.path, c.at.idx, c.at.model, c.at.variant, c.at.key) for c in samples if c.id in keep}
+    paths = list(dict.fromkeys(c.path for c in samples))
+    for path in paths:
         batch = ReleaseBatch.model_validate(read_json(path))
-        accepted = {(s.item, s.model, s.variant, s.key) for s in file_samples if s.id in keep}
-        for idx, item in enumerate(batch.data):
-            for model, by_variant in item.inferences.items():
-                for variant, inference in by_variant.items():
-                    inference.interventions = {
-                        k: v for k, v in inference.interventions.items() if (idx, model, variant, k) in accepted
-                    }
+        for s in walk(batch):
+            if (path, s.idx, s.model, s.variant, s.key) not in accepted:
+                del s.inference.interventions[s.key]
         write_json(it_dir / "accepted" / path.parent.name / path.name, release_json(batch, strip_empty=False))
-    return len(by_file)
+    return len(paths)
 
 
 def run_filter(run: Run, iteration: int, propose: bool = False) -> StageResult:

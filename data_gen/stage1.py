@@ -10,10 +10,11 @@ import random
 from dataclasses import dataclass
 
 from data_gen.backend import Block, Request
-from data_gen.engine import Run, StageResult, execute, release_json
+from data_gen.runner import Run, StageResult, execute
 from data_gen.schemas import stage1_answer
 from splitpersona.io import write_json
 from splitpersona.records import ReleaseBatch, Stage1Item, Stage1Metadata
+from splitpersona.release import release_json
 
 TOOL = "write_samples"
 DOMAINS_PER_BATCH = 4

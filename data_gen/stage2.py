@@ -1,8 +1,8 @@
 """Stage 2: the target model's own answers to T under A and under B (the on-policy responses).
 
-Three engines behind one method, `generate(chats) -> (index, Generation | failure reason)`:
-local transformers (batched, left-padded), vLLM where installed, and any OpenAI-compatible chat
-endpoint (a vLLM or TGI server, OpenRouter). Each answer is stored the moment its batch finishes,
+Three responders (`stage2.engine` picks one) behind one method, `generate(chats) -> (index,
+Generation | failure reason)`: local transformers (batched, left-padded), vLLM where installed, and
+any OpenAI-compatible chat endpoint (a vLLM or TGI server, OpenRouter). Each answer is stored the moment its batch finishes,
 keyed by a hash of the chat and the sampling settings, and every record carries those settings.
 """
 
@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.config import Stage2Config
-from data_gen.engine import Run, StageResult, progress, release_json
+from data_gen.runner import Run, StageResult, progress, still_to_do
 from data_gen.store import now_iso
+from splitpersona.clients import Fault, RetryPolicy, call_fault, status_fault
 from splitpersona.conversation import Message
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage2Inference
+from splitpersona.release import release_json
 
 log = logging.getLogger("data_gen.stage2")
 
@@ -57,7 +58,7 @@ def sampling(cfg: Stage2Config) -> dict[str, Any]:
     }
 
 
-class TransformersEngine:
+class TransformersResponder:
     def __init__(self, cfg: Stage2Config, path: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,7 +118,7 @@ class TransformersEngine:
                 )
 
 
-class VLLMEngine:
+class VLLMResponder:
     def __init__(self, cfg: Stage2Config, path: str):
         try:
             from vllm import LLM, SamplingParams
@@ -141,13 +142,9 @@ class VLLMEngine:
                 yield start + row, Generation(c.text.strip(), len(o.prompt_token_ids), len(c.token_ids), seconds, c.finish_reason)
 
 
-class OpenAIEngine:
-    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency and retries.
-
-    The prompt cannot be cut to `max_input_tokens` here (no tokenizer); the server's limit applies.
-    """
-
-    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+class OpenAIResponder:
+    """Any OpenAI-compatible `/chat/completions` endpoint, with bounded concurrency and the one retry policy.
+    The prompt cannot be cut to `max_input_tokens` here (no tokenizer); the server's limit applies."""
 
     def __init__(self, cfg: Stage2Config, *, sleep=time.sleep):
         import httpx
@@ -161,9 +158,7 @@ class OpenAIEngine:
         if key:
             headers["authorization"] = f"Bearer {key}"
         self.http = httpx.Client(headers=headers, timeout=cfg.timeout_s)
-        self._sleep = sleep
-        self._rng = random.Random(cfg.seed)
-        self._lock = threading.Lock()
+        self.retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, random.Random(cfg.seed), log)
 
     def body(self, chat: Chat) -> dict[str, Any]:
         cfg = self.cfg
@@ -176,38 +171,27 @@ class OpenAIEngine:
         return body
 
     def _one(self, chat: Chat) -> Generation | str:
-        import httpx
-
-        last = ""
-        for attempt in range(1, self.cfg.max_attempts + 1):
+        def attempt(n: int) -> Generation:
             t0 = time.perf_counter()
             try:
                 resp = self.http.post(self.url, json=self.body(chat))
-            except httpx.TimeoutException:
-                last = "timeout"
-            except httpx.TransportError as e:
-                last = f"connection ({type(e).__name__})"
-            else:
-                if resp.status_code == 200:
-                    try:
-                        data = resp.json()
-                        choice = data["choices"][0]
-                        text = choice["message"].get("content") or ""
-                        usage = data.get("usage") or {}
-                        return Generation(text.strip(), int(usage.get("prompt_tokens") or 0),
-                                          int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
-                                          choice.get("finish_reason"))
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        last = f"malformed ({type(e).__name__}: {e})"
-                elif resp.status_code in self.RETRY_STATUS:
-                    last = f"HTTP {resp.status_code}"
-                else:
-                    return f"HTTP {resp.status_code}: {resp.text[:200]}"
-            if attempt < self.cfg.max_attempts:
-                with self._lock:
-                    jitter = 0.5 + self._rng.random() / 2
-                self._sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * jitter)
-        return f"{last}; gave up after {self.cfg.max_attempts} attempts"
+            except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raise
+                raise call_fault(exc) from None
+            if resp.status_code != 200:
+                raise status_fault(resp.status_code, resp.headers, resp.text)
+            try:
+                data = resp.json()
+                choice = data["choices"][0]
+                text = choice["message"].get("content") or ""
+                usage = data.get("usage") or {}
+                return Generation(text.strip(), int(usage.get("prompt_tokens") or 0),
+                                  int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
+                                  choice.get("finish_reason"))
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                raise Fault("malformed", f"{type(e).__name__}: {e}") from None
+
+        tried = self.retry.run(attempt, label="stage2")
+        return tried.value if tried.fault is None else tried.failure
 
     def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
@@ -234,17 +218,17 @@ def build_tiny_model(path: Path, seed: int) -> None:
         os.replace(tmp, path)
 
 
-def make_engine(run: Run):
+def make_responder(run: Run):
     cfg = run.cfg.stage2
     if cfg.engine == "openai":
-        return OpenAIEngine(cfg)
+        return OpenAIResponder(cfg)
     path = cfg.model
     if path == TINY_MODEL:
         target = run.out / TINY_MODEL
         if not target.exists():
             build_tiny_model(target, run.cfg.seed)
         path = str(target)
-    return TransformersEngine(cfg, path) if cfg.engine == "transformers" else VLLMEngine(cfg, path)
+    return TransformersResponder(cfg, path) if cfg.engine == "transformers" else VLLMResponder(cfg, path)
 
 
 @dataclass(frozen=True)
@@ -259,15 +243,11 @@ class Task:
         return [m.model_dump() for m in self.chat]
 
 
-def stage1_files(run: Run) -> list[Path]:
-    return [p for t in run.cfg.topics for p in sorted((run.stage_dir(1) / t).glob("batch_*.json"))]
-
-
 def tasks(run: Run) -> list[Task]:
     cfg = run.cfg.stage2
     settings = {"engine": cfg.engine, "model": cfg.model, "max_input_tokens": cfg.max_input_tokens, **sampling(cfg)}
     out = []
-    for path in stage1_files(run):
+    for path in run.batch_files(1):
         batch = ReleaseBatch.model_validate(read_json(path))
         for idx, item in enumerate(batch.data):
             for variant, system in (("A", item.A), ("B", item.B)):
@@ -284,19 +264,12 @@ def run_stage2(run: Run) -> StageResult:
     store = run.store("stage2")
     result = StageResult("stage2")
     all_tasks = tasks(run)
-    result.requested = len(all_tasks)
-    todo = []
-    for t in all_tasks:
-        row = store.get(t.key)
-        if row is not None and (row["status"] == "ok" or not run.cfg.retry_failed):
-            result.already_done += 1
-        else:
-            todo.append(t)
+    todo = still_to_do(run, store, [(t.key, t) for t in all_tasks], result)
     if todo:
         log.info("stage2: %d responses to generate with %s (%s)", len(todo), run.cfg.stage2.model, run.cfg.stage2.engine)
-        engine = make_engine(run)
+        responder = make_responder(run)
         with progress(f"stage2 ({run.cfg.stage2.name})", len(todo)) as advance:
-            for i, gen in engine.generate([t.messages() for t in todo]):
+            for i, gen in responder.generate([t.messages() for t in todo]):
                 t = todo[i]
                 row = {"key": t.key, "stage": "stage2", "model": run.cfg.stage2.name, "finished_at": now_iso()}
                 if isinstance(gen, Generation):

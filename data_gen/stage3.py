@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.backend import Block, Request
-from data_gen.engine import Run, StageResult, execute, release_json
+from data_gen.runner import Run, StageResult, execute
 from data_gen.schemas import stage3_answer
 from data_gen.stage2 import same_item
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage1Item, Stage3Intervention
+from splitpersona.release import release_json, walk
 
 TOOL = "write_reviews"
 
@@ -36,10 +37,6 @@ class ReviewTask:
     @property
     def key_name(self) -> str:
         return self.request.context["intervention_key"]
-
-
-def stage2_files(run: Run) -> list[Path]:
-    return [p for t in run.cfg.topics for p in sorted((run.stage_dir(2) / t).glob("batch_*.json"))]
 
 
 def scenario_text(item: Stage1Item, responses: dict[str, str]) -> str:
@@ -71,7 +68,7 @@ def review_tasks(run: Run) -> list[ReviewTask]:
     cfg, prompts = run.cfg, run.prompts
     target = cfg.target_model()
     out = []
-    for path in stage2_files(run):
+    for path in run.batch_files(2):
         batch = ReleaseBatch.model_validate(read_json(path))
         foci = tuple(prompts.topic_foci[batch.topic])
         for idx, item in enumerate(batch.data):
@@ -165,15 +162,9 @@ def write_stage3(run: Run, tasks: list[ReviewTask]) -> int:
 
 def _keep_earlier_versions(batch: ReleaseBatch, previous: ReleaseBatch, ours: set[str]) -> None:
     """Interventions under other keys survive a rerun if the item and the response are unchanged."""
-    for item, old in zip(batch.data, previous.data):
-        if not same_item(item, old):
+    for s in walk(previous):
+        if s.key in ours or s.idx >= len(batch.data) or not same_item(batch.data[s.idx], s.item):
             continue
-        for model, by_variant in item.inferences.items():
-            for variant, inference in by_variant.items():
-                before = old.inferences.get(model, {}).get(variant)
-                if before is None or before.S != inference.S:
-                    continue
-                for key, record in before.interventions.items():
-                    if key not in ours:
-                        inference.interventions[key] = record
-
+        now = batch.data[s.idx].inferences.get(s.model, {}).get(s.variant)
+        if now is not None and now.S == s.inference.S:
+            now.interventions[s.key] = s.record

@@ -29,17 +29,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import groupby
 from typing import Any
 
 from pydantic import ValidationError
 
 from splitpersona.io import DataError, describe_validation_error
 from splitpersona.records import ReleaseBatch
+from splitpersona.release import Slot, intervention_id, walk
 
 TOKEN_LIMIT = 2048
 BASELINE_SUFFIX = "_baseline"
-VARIANTS = ("A", "B")
 
 # Tag names, as the release writes them.
 DATA_IS_FAULTY = "data_is_faulty"
@@ -166,17 +167,6 @@ def model_tags(a_consensus: str, b_consensus: str) -> list[str]:
     return tags
 
 
-def intervention_id(stem: str, item_idx: int, model: str, variant: str, key: str) -> str:
-    """The release's readable id: unique across a dataset because file stems are."""
-    return f"{stem}__idx{item_idx}__{model.replace('/', '_')}_{variant}__{key}"
-
-
-def batch_stem(batch: ReleaseBatch | dict[str, Any]) -> str:
-    """The file stem a batch is stored under: `batch_<batch_id>` (`batch_<topic>_<time>_batch_<NNN>`)."""
-    batch_id = batch.batch_id if isinstance(batch, ReleaseBatch) else batch["batch_id"]
-    return f"batch_{batch_id}"
-
-
 @dataclass
 class TagReport:
     """Tagged copies of the input batches, and what the tagger did to them."""
@@ -209,12 +199,11 @@ def tag_batches(
     report = TagReport(batches=[], next_id=id_start)
     seen_ids: set[str] = set()
     for n, batch in enumerate(batches):
-        stem = stems[n] if stems is not None else batch_stem(batch)
+        batch_id = batch.batch_id if isinstance(batch, ReleaseBatch) else batch["batch_id"]
+        stem = stems[n] if stems is not None else f"batch_{batch_id}"
         raw = _as_raw(batch, stem)
-        for item_idx, item in enumerate(raw["data"]):
-            intended = item["metadata"]["intended_review_focus"]
-            for model, by_variant in item.get("inferences", {}).items():
-                _tag_model(report, seen_ids, stem, item_idx, model, by_variant, intended)
+        for _, group in groupby(walk(raw, interventions=False), key=lambda s: (s.idx, s.model)):
+            _tag_model(report, seen_ids, stem, list(group))
         report.batches.append(ReleaseBatch.model_validate(raw))
     return report
 
@@ -229,23 +218,19 @@ def _as_raw(batch: ReleaseBatch | dict[str, Any], stem: str) -> dict[str, Any]:
     return batch.model_dump(exclude_unset=True)
 
 
-def _tag_model(
-    report: TagReport,
-    seen_ids: set[str],
-    stem: str,
-    item_idx: int,
-    model: str,
-    by_variant: dict[str, dict[str, Any]],
-    intended: str | None,
-) -> None:
-    for variant in VARIANTS:
-        if variant in by_variant and "interventions" not in by_variant[variant]:
-            del by_variant[variant]
-            report.dropped_variants[model] += 1
-    present = [v for v in VARIANTS if v in by_variant]
+def _tag_model(report: TagReport, seen_ids: set[str], stem: str, slots: list[Slot]) -> None:
+    """Tag one (item, model): `slots` are its variants, A before B."""
+    first = slots[0]
+    by_variant, intended = first.item["inferences"][first.model], first.item["metadata"]["intended_review_focus"]
+    for s in slots:
+        if "interventions" not in s.inference:
+            del by_variant[s.variant]
+            report.dropped_variants[s.model] += 1
+    slots = [s for s in slots if s.variant in by_variant]
+    present = [s.variant for s in slots]
     votes: dict[str, list[str]] = {}
-    for variant in present:
-        inference = by_variant[variant]
+    for s in slots:
+        inference = s.inference
         interventions = inference["interventions"]
         for key in [k for k in interventions if k.endswith(BASELINE_SUFFIX)]:
             del interventions[key]
@@ -254,14 +239,14 @@ def _tag_model(
         for key, record in interventions.items():
             record["id_numeric"] = report.next_id
             report.next_id += 1
-            rid = intervention_id(stem, item_idx, model, variant, key)
+            rid = intervention_id(stem, replace(s, key=key))
             if rid in seen_ids:
-                raise DataError(stem, f"duplicate intervention id {rid!r}", record=f"item {item_idx}")
+                raise DataError(stem, f"duplicate intervention id {rid!r}", record=f"item {s.idx}")
             seen_ids.add(rid)
             record["id_string"] = rid
             record["tags"] = intervention_tags(record, intended)
-        votes[variant] = [record["P"] for record in interventions.values()]
-        shared = disagreement_tags(votes[variant])
+        votes[s.variant] = [record["P"] for record in interventions.values()]
+        shared = disagreement_tags(votes[s.variant])
         vtags += shared
         if present == ["A"]:
             vtags.append(NO_A_B_SEPARATION)
@@ -270,14 +255,13 @@ def _tag_model(
             record["tags"] += shared
     if present == ["A", "B"]:
         shared = model_tags(consensus(votes["A"]), consensus(votes["B"]))
-        for variant in present:
-            by_variant[variant]["tags"] += shared
-            for record in by_variant[variant]["interventions"].values():
+        for s in slots:
+            s.inference["tags"] += shared
+            for record in s.inference["interventions"].values():
                 record["tags"] += shared
-    for variant in present:
-        inference = by_variant[variant]
+    for s in slots:
         report.variants += 1
-        report.variant_tags.update(inference["tags"])
-        for record in inference["interventions"].values():
+        report.variant_tags.update(s.inference["tags"])
+        for record in s.inference["interventions"].values():
             report.interventions += 1
             report.intervention_tags.update(record["tags"])

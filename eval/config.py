@@ -76,6 +76,8 @@ class ExternalConfig(StrictModel):
     api_key_env: str = Field("ANTHROPIC_API_KEY", description="Environment variable holding the key (never the key).")
     max_tokens: int = Field(1024, gt=0)
     max_retries: int = Field(4, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0, description="First retry waits about this long; doubles per retry.")
+    backoff_max_s: float = Field(8.0, ge=0, description="Cap on one backoff wait (a longer retry-after still wins).")
     timeout_s: float = Field(120.0, gt=0)
     concurrency: int = Field(4, ge=1)
     show_system_prompt: bool = Field(False, description="Also show the system prompt (an insider, not an outsider).")

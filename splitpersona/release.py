@@ -1,10 +1,12 @@
-"""Importer for the public SPT release: tagged stage-3 batches in, flat training records out.
+"""The public SPT release's format: its one traversal and id rule, and the importer (tagged stage-3
+batches in, flat training records out).
 
-The release nests one item's data as item -> model -> variant (A/B) -> intervention key. A
-training sample is one surviving (item, model, variant, key): the variant's system prompt, the
-task, that model's response, and the intervention's I, R, P. `ReleaseFilter` decides survival the
-way the published stats script does (topic, key, and the intervention's own tags); variant-level
-tags can be added, as the later trainer did.
+The release nests one item's data as item -> model -> variant (A/B) -> intervention key; `walk`
+is the one traversal of that nesting and `intervention_id` the one id rule. A training sample is
+one surviving (item, model, variant, key): the variant's system prompt, the task, that model's
+response, and the intervention's I, R, P. `ReleaseFilter` decides survival the way the published
+stats script does (topic, key, and the intervention's own tags); variant-level tags can be
+added, as the later trainer did.
 
 Every file is read and validated before anything is written, so a truncated or malformed file
 stops the import with a message naming it, and the output (written atomically) is never partial.
@@ -17,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -28,6 +30,7 @@ from splitpersona.records import ReleaseBatch, TrainingRecord
 RELEASE_FILTER = Path(__file__).resolve().parents[1] / "configs" / "filters" / "spt_release.yaml"
 BATCH_SUFFIXES = (".json.xz", ".json")
 SOURCE_PREFIX = "spt_release"
+VARIANTS = ("A", "B")
 
 
 class ReleaseFilter(StrictModel):
@@ -114,6 +117,46 @@ class ImportStats:
         return self.candidates - self.rejected - self.error_placeholders
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One place in a batch: item `idx`, `model`'s answer under `variant`, and (unless walked by
+    variant) intervention `key` on it. Works on a ReleaseBatch and on its plain JSON dict alike."""
+
+    idx: int
+    item: Any
+    model: str
+    variant: str
+    inference: Any
+    key: str = ""
+    record: Any = None
+
+
+def _children(node: Any, name: str) -> dict[str, Any]:
+    return node.get(name, {}) if isinstance(node, dict) else getattr(node, name)
+
+
+def walk(batch: ReleaseBatch | dict[str, Any], *, interventions: bool = True) -> Iterator[Slot]:
+    """item -> model -> variant (A before B) -> intervention key, in file order; `interventions=False`
+    stops at the variant. The caller may change what a slot points to once it has moved past it."""
+    data = batch["data"] if isinstance(batch, dict) else batch.data
+    for idx, item in enumerate(data):
+        for model, by_variant in _children(item, "inferences").items():
+            for variant in VARIANTS:
+                inference = by_variant.get(variant)
+                if inference is None:
+                    continue
+                if not interventions:
+                    yield Slot(idx, item, model, variant, inference)
+                    continue
+                for key, record in list(_children(inference, "interventions").items()):
+                    yield Slot(idx, item, model, variant, inference, key, record)
+
+
+def intervention_id(stem: str, slot: Slot) -> str:
+    """The release's readable id: unique across a dataset because batch file stems are."""
+    return f"{stem}__idx{slot.idx}__{slot.model.replace('/', '_')}_{slot.variant}__{slot.key}"
+
+
 def flatten(batches: Iterable[tuple[Path, ReleaseBatch]], filt: ReleaseFilter) -> tuple[list[TrainingRecord], ImportStats]:
     """One record per surviving (item, model, variant, key), in file, item, model, A/B, key order."""
     stats = ImportStats()
@@ -124,63 +167,62 @@ def flatten(batches: Iterable[tuple[Path, ReleaseBatch]], filt: ReleaseFilter) -
     origin: dict[str, Path] = {}
     for path, batch in batches:
         stats.files += 1
+        stats.items += len(batch.data)
         stats.seen["topics"].add(batch.topic)
+        stats.seen["models"].update(m for item in batch.data for m in item.inferences)
         stem = batch_stem(path)
         source = f"{SOURCE_PREFIX}:{batch.topic}/{path.name}"
-        for idx, item in enumerate(batch.data):
-            stats.items += 1
-            for model, by_variant in item.inferences.items():
-                stats.seen["models"].add(model)
-                for variant in ("A", "B"):
-                    inference = by_variant.get(variant)
-                    if inference is None:
-                        continue
-                    if variant == "B" and item.B is None:
-                        raise DataError(path, f"{model} has a B response but the item has no B prompt", record=f"item {idx}")
-                    for key, iv in inference.interventions.items():
-                        stats.interventions += 1
-                        stats.seen["keys"].add(key)
-                        if batch.topic not in topics or key not in keys or (models is not None and model not in models):
-                            continue
-                        stats.candidates += 1
-                        checked = set(iv.tags if "intervention" in filt.tag_levels else ())
-                        if "variant" in filt.tag_levels:
-                            checked.update(inference.tags)
-                        hits = checked & blocked
-                        if hits:
-                            stats.rejected += 1
-                            stats.rejected_by_tag.update(hits)
-                            continue
-                        if iv.P == "ERROR":
-                            stats.error_placeholders += 1
-                            continue
-                        rid = iv.id_string or f"{stem}__idx{idx}__{model.replace('/', '_')}_{variant}__{key}"
-                        if rid in origin:
-                            raise DataError(path, f"record id {rid!r} already came from {origin[rid]}", record=f"item {idx}")
-                        origin[rid] = path
-                        records.append(
-                            TrainingRecord(
-                                id=rid,
-                                topic=batch.topic,
-                                model=model,
-                                variant=variant,
-                                intervention_key=key,
-                                intervention_type=iv.intervention_type,
-                                system=item.A if variant == "A" else item.B,
-                                user=item.T,
-                                response=inference.S,
-                                intervention=iv.I,
-                                review=iv.R,
-                                flag=iv.P,
-                                confidence=iv.confidence,
-                                tags=sorted(set(iv.tags) | set(inference.tags)),
-                                source=source,
-                                alt_system=item.B if variant == "A" else item.A,
-                                verdict_depends_on_system_prompt=iv.verdict_depends_on_system_prompt,
-                                review_mentions_system_prompt=iv.review_mentions_system_prompt,
-                            )
-                        )
+        for s in walk(batch, interventions=False):
+            if s.variant == "B" and s.item.B is None:
+                raise DataError(path, f"{s.model} has a B response but the item has no B prompt", record=f"item {s.idx}")
+        for s in walk(batch):
+            iv, item = s.record, s.item
+            stats.interventions += 1
+            stats.seen["keys"].add(s.key)
+            if batch.topic not in topics or s.key not in keys or (models is not None and s.model not in models):
+                continue
+            stats.candidates += 1
+            checked = set(iv.tags if "intervention" in filt.tag_levels else ())
+            if "variant" in filt.tag_levels:
+                checked.update(s.inference.tags)
+            hits = checked & blocked
+            if hits:
+                stats.rejected += 1
+                stats.rejected_by_tag.update(hits)
+                continue
+            if iv.P == "ERROR":
+                stats.error_placeholders += 1
+                continue
+            rid = iv.id_string or intervention_id(stem, s)
+            if rid in origin:
+                raise DataError(path, f"record id {rid!r} already came from {origin[rid]}", record=f"item {s.idx}")
+            origin[rid] = path
+            system, alt_system = (item.A, item.B) if s.variant == "A" else (item.B, item.A)
+            records.append(TrainingRecord(
+                id=rid, topic=batch.topic, model=s.model, variant=s.variant, intervention_key=s.key,
+                intervention_type=iv.intervention_type, system=system, alt_system=alt_system, user=item.T,
+                response=s.inference.S, intervention=iv.I, review=iv.R, flag=iv.P, confidence=iv.confidence,
+                tags=sorted(set(iv.tags) | set(s.inference.tags)), source=source,
+                verdict_depends_on_system_prompt=iv.verdict_depends_on_system_prompt,
+                review_mentions_system_prompt=iv.review_mentions_system_prompt,
+            ))
     return records, stats
+
+
+def release_json(batch: ReleaseBatch, *, strip_empty: bool = True) -> dict[str, Any]:
+    """A batch as the release stores it: absent fields left out, and (before tagging) no empty
+    `interventions` or `tags`, so a response still waiting for its review is a variant without
+    interventions, which the tagger drops, as the release's did."""
+    data = batch.model_dump(mode="json", exclude_none=True)
+    if strip_empty:
+        for s in walk(data, interventions=False):
+            for key in ("interventions", "tags"):
+                if not s.inference.get(key):
+                    s.inference.pop(key, None)
+        for s in walk(data):
+            if not s.record.get("tags"):
+                s.record.pop("tags", None)
+    return data
 
 
 def import_release(

@@ -15,16 +15,17 @@ from data_gen_fixtures import SECRET, SMOKE, fast_overrides, files_containing, s
 from fake_anthropic import FakeAnthropic, instance_from_schema
 from typer.testing import CliRunner
 
-from data_gen.backend import Block, GenerationAborted, Request, tool_schema
+from data_gen.backend import Block, GenerationAborted, Request
 from data_gen.claude import ClaudeBackend
 from data_gen.cli import app
 from data_gen.config import TOPICS, ClaudeConfig, GenerateConfig
-from data_gen.engine import Run
+from data_gen.runner import Run
 from data_gen.pipeline import generate
 from data_gen.prompts import load_prompts, render
 from data_gen.schemas import CriteriaProposal, rating_answer, stage1_answer, stage3_answer
 from data_gen.stage1 import batch_specs
 from data_gen.store import BudgetMeter, Ledger, ResultStore
+from splitpersona.clients import tool_schema
 from splitpersona.config import ConfigError, load_config
 from splitpersona.io import DataError, iter_jsonl
 

@@ -166,14 +166,14 @@ def test_filter_iteration_two_is_compared_with_one_and_criteria_are_pinned(smoke
 
 def test_stage2_transformers_batches_with_left_padding_like_single_rows(tiny_base_dir):
     from data_gen.config import Stage2Config
-    from data_gen.stage2 import TransformersEngine
+    from data_gen.stage2 import TransformersResponder
 
     chats = [[{"role": "system", "content": "You are a helpful assistant."},
               {"role": "user", "content": "item " * n + "Which shoes should I buy?"}] for n in (1, 9, 3, 17)]
     results = {}
     for batch_size in (4, 1):
         cfg = Stage2Config(model=str(tiny_base_dir), temperature=0.0, max_new_tokens=12, batch_size=batch_size)
-        engine = TransformersEngine(cfg, str(tiny_base_dir))
+        engine = TransformersResponder(cfg, str(tiny_base_dir))
         results[batch_size] = dict(engine.generate(chats))
     assert engine.tok.padding_side == "left"
     for i in range(4):

@@ -58,7 +58,7 @@ def test_external_claude_arm_over_the_fake_server(run_dir, tmp_path, monkeypatch
     with FakeAnthropic(seed=3, responder=scripted, fault_rate=0.3, faults=("rate_limit", "malformed", "truncated"),
                        retry_after_s=0.01) as fake:
         cfg = eval_config(run_dir, out, "arms=[external]", "external.kind=claude", f"external.base_url={fake.base_url}",
-                          "external.max_retries=6", "external.concurrency=3")
+                          "external.max_retries=6", "external.backoff_base_s=0.01", "external.concurrency=3")
         run_eval(cfg)
         calls = fake.message_calls()
         faults = Counter(fake.fault_counts)

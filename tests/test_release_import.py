@@ -1,4 +1,4 @@
-"""The release importer on ../shared/reference: the published counts exactly (spt-reference §7), the
+"""The release importer on ../shared/reference: the counts the release publishes, exactly; the
 filter overrides, and bad files that must stop the import without writing anything."""
 
 from __future__ import annotations

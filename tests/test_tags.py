@@ -80,7 +80,7 @@ def test_rederived_tags_match_the_release_exactly(release_batches):
             totals_v[tag] = totals_v.get(tag, 0) + n
     assert (n_interventions, n_variants) == (22154, 6631)
     assert (bad_interventions, bad_variants) == (0, 0)
-    # A few published totals (spt-reference §7), as counted by the report itself.
+    # A few totals the release publishes with its stats, as counted by the report itself.
     assert totals_i[TRAINING_DATA_LEAKAGE] == 517
     assert totals_i["failed_external_review"] == 716
     assert totals_i[UNCLEAR_A_B_SEPARATION] == 5196

@@ -296,16 +296,16 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
 
 
 def main_model_sampler(model_dir: str | Path, cfg: DemoConfig, *, seed: int):
-    """The stage-2 engine of the generator on the saved main model, with the demo's sampling settings."""
+    """The generator's stage-2 transformers responder on the saved main model, with the demo's sampling."""
     from data_gen.config import Stage2Config
-    from data_gen.stage2 import TransformersEngine
+    from data_gen.stage2 import TransformersResponder
 
     s = cfg.sampling
     stage2 = Stage2Config(
         engine="transformers", model=str(model_dir), temperature=s.temperature, max_new_tokens=s.max_new_tokens,
         batch_size=s.batch_size, seed=seed, dtype="float32", device="cpu",
     )
-    return TransformersEngine(stage2, str(model_dir))
+    return TransformersResponder(stage2, str(model_dir))
 
 
 def sample_answers(engine, chats: Sequence[list[dict[str, str]]]) -> list[str]:

@@ -11,17 +11,17 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from data_gen.backend import Backend, Request
 from data_gen.config import GenerateConfig
 from data_gen.prompts import PromptSet, load_prompts
 from data_gen.store import BudgetMeter, Ledger, ResultStore
-from splitpersona.records import ReleaseBatch
 
 log = logging.getLogger("data_gen")
+T = TypeVar("T")
 
 STAGE_DIRS = {1: "stage_1", 2: "stage_2", 3: "stage_3", "tagged": "stage_3_tagged"}
 
@@ -40,17 +40,8 @@ class StageResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "requested": self.requested,
-            "already_done": self.already_done,
-            "ok": self.ok,
-            "failed": self.failed,
-            "not_done": self.not_done,
-            "failures": dict(self.failures.most_common()),
-            "stopped": self.stopped,
-            "files": self.files,
-            **self.notes,
-        }
+        out = {k: v for k, v in asdict(self).items() if k not in ("stage", "notes")}
+        return {**out, "failures": dict(self.failures.most_common()), **self.notes}
 
 
 class Run:
@@ -71,7 +62,12 @@ class Run:
         self._stores: dict[str, ResultStore] = {}
 
     def stage_dir(self, stage: int | str) -> Path:
-        return self.out / STAGE_DIRS[stage]
+        """A stage's output directory: 1, 2, 3, "tagged", or a directory name under the run."""
+        return self.out / STAGE_DIRS.get(stage, stage)
+
+    def batch_files(self, stage: int | str) -> list[Path]:
+        """A stage's batch files, topic by topic in the config's order."""
+        return [p for t in self.cfg.topics for p in sorted((self.stage_dir(stage) / t).glob("batch_*.json"))]
 
     def store(self, name: str) -> ResultStore:
         if name not in self._stores:
@@ -89,24 +85,6 @@ class Run:
         return self._backends[model]
 
 
-def release_json(batch: ReleaseBatch, *, strip_empty: bool = True) -> dict[str, Any]:
-    """A batch as the release stores it: absent fields left out, and (before tagging) no empty
-    `interventions` or `tags`, so a response still waiting for its review is a variant without
-    interventions, which the tagger drops, as the release's did."""
-    data = batch.model_dump(mode="json", exclude_none=True)
-    if strip_empty:
-        for item in data["data"]:
-            for by_variant in item.get("inferences", {}).values():
-                for inference in by_variant.values():
-                    for key in ("interventions", "tags"):
-                        if not inference.get(key):
-                            inference.pop(key, None)
-                    for record in inference.get("interventions", {}).values():
-                        if not record.get("tags"):
-                            record.pop("tags", None)
-    return data
-
-
 @contextlib.contextmanager
 def progress(description: str, total: int) -> Iterator[Any]:
     """A transient rich progress bar on stderr; yields a callable that advances it."""
@@ -121,6 +99,13 @@ def progress(description: str, total: int) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
+def still_to_do(run: Run, store: ResultStore, keyed: list[tuple[str, T]], result: StageResult) -> list[T]:
+    """What is not stored yet (or stored as failed, when `retry_failed`); the rest counts as already done."""
+    todo = [x for key, x in keyed if (row := store.get(key)) is None or (row["status"] != "ok" and run.cfg.retry_failed)]
+    result.requested, result.already_done = len(keyed), len(keyed) - len(todo)
+    return todo
+
+
 def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
     """Send every request whose key is not yet stored; store each outcome as it arrives."""
     from data_gen.claude import BatchPending
@@ -131,14 +116,7 @@ def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStor
     unique: dict[str, Request] = {}
     for r in requests:
         unique.setdefault(r.key(backend.model), r)
-    result.requested = len(unique)
-    todo = []
-    for key, r in unique.items():
-        row = store.get(key)
-        if row is not None and (row["status"] == "ok" or not run.cfg.retry_failed):
-            result.already_done += 1
-        else:
-            todo.append(r)
+    todo = still_to_do(run, store, list(unique.items()), result)
     if not todo:
         return result
     log.info("%s: %d requests to send (%d already done) to %s", stage, len(todo), result.already_done, backend.model)

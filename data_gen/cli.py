@@ -1,9 +1,8 @@
 """`spt generate ...`: stage1 | stage2 | stage3 | tag | filter | run, each `--config X.yaml [key=value ...]`.
 
-Exit codes: 0 done; 1 bad input or config; 2 aborted (the API refused the credentials);
-3 budget reached (rerun with a higher `budget_usd` to continue); 4 a Message Batch is still
-processing (rerun to collect it). Every stop leaves the run directory consistent: rerunning the
-same command continues where it stopped.
+Every stop leaves the run directory consistent: rerunning the same command continues where it
+stopped. A stop short of the end raises BudgetReached or BatchPending, whose exit codes (with every
+other error's) `spt --help` lists.
 """
 
 from __future__ import annotations
@@ -25,32 +24,34 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides
 IterationOpt = Annotated[int, typer.Option("--iteration", "-i", help="Filter iteration (1, 2, ...).")]
 ProposeOpt = Annotated[bool, typer.Option("--propose-criteria", help="Ask Claude for the next criteria version.")]
 
-EXIT = {"budget": 3, "batch_pending": 4}
+
+class BudgetReached(Exception):
+    """The run spent its budget_usd before the end."""
+
+
+class BatchPending(Exception):
+    """A Message Batch is still being processed; a later rerun collects it."""
+
+
+STOPS = {
+    "budget": (BudgetReached, "budget reached; raise budget_usd and rerun to continue"),
+    "batch_pending": (BatchPending, "a Message Batch is still processing; rerun later to collect it"),
+}
 
 
 def _main(config: Path, overrides: list[str] | None, steps: list[str], iteration: int = 1, propose: bool = False) -> None:
     from rich.console import Console
 
-    from data_gen.backend import GenerationAborted
     from data_gen.config import GenerateConfig
     from data_gen.pipeline import generate
-    from data_gen.store import RunLocked
-    from splitpersona.config import ConfigError, load_config
-    from splitpersona.io import DataError
+    from splitpersona.config import load_config
 
-    console = Console(stderr=True)
-    try:
-        cfg = load_config(GenerateConfig, config, overrides or [])
-        summary = generate(cfg, steps, iteration=iteration, propose=propose)
-    except (ConfigError, DataError, RunLocked) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
-    except GenerationAborted as e:
-        console.print(f"[red]aborted:[/red] {e}")
-        raise typer.Exit(2) from None
-    _print_summary(console, summary)
+    cfg = load_config(GenerateConfig, config, overrides or [])
+    summary = generate(cfg, steps, iteration=iteration, propose=propose)
+    _print_summary(Console(stderr=True), summary)
     if summary["stopped"]:
-        raise typer.Exit(EXIT[summary["stopped"]])
+        error, message = STOPS[summary["stopped"]]
+        raise error(message)
 
 
 def _print_summary(console, summary: dict) -> None:
@@ -69,10 +70,6 @@ def _print_summary(console, summary: dict) -> None:
     if summary["accepted_samples"]:
         console.print(f"filter iteration {summary['filter_iteration']}: {summary['accepted_samples']} accepted samples, "
                       f"${summary['cost_per_accepted_sample_usd']:.5f} each")
-    if summary["stopped"] == "budget":
-        console.print("[yellow]stopped: budget reached; raise budget_usd and rerun to continue[/yellow]")
-    elif summary["stopped"] == "batch_pending":
-        console.print("[yellow]stopped: a Message Batch is still processing; rerun later to collect it[/yellow]")
 
 
 @app.command()
@@ -111,7 +108,3 @@ def run(config: ConfigOpt, iteration: IterationOpt = 1, propose_criteria: Propos
         overrides: Overrides = None) -> None:
     """stage1 -> stage2 -> stage3 -> tag -> filter, stopping cleanly at the budget."""
     _main(config, overrides, ["stage1", "stage2", "stage3", "tag", "filter"], iteration, propose_criteria)
-
-
-if __name__ == "__main__":
-    app()

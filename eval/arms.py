@@ -1,56 +1,15 @@
-"""The generative arms: the persona and the controls a prompt alone could reach, on the same items.
-
-They differ only in what opens the reviewer's part and whether the adapter is on, so together
-they form a ladder:
-- `follow_up`: the intervention as a plain user question (ur layout, no token), base model;
-- `meaningless_token`: the never-trained control token, then the intervention, base model;
-- `no_adapter`: the split token as the run left it (its trained embedding row, if any), LoRA off;
-- `persona`: the split token and the trained adapter, in the run's own layout.
-Each step adds one thing: a token at all, the trained token, the LoRA weights. With
-`strategy: new` the split and control tokens start from the same row, so `no_adapter` and
-`meaningless_token` differ exactly by what training did to the split token's embedding.
-
-`control_token_adapter` asks the converse: the trained adapter on, but the never-trained control
-token in the split token's place. A masked adapter is gated on the split token, so here its gate
-never opens and the arm reads as the base model; an unmasked adapter acts everywhere, so this arm
-asks whether any token would do.
-
-The control arms get `control_instruction` appended to the intervention so that they know the
-answer format; the persona gets its intervention unchanged, as trained.
-"""
+"""The generative arms (eval.registry lists them): one batch of reviews per arm, read as verdicts."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from eval.registry import GENERATIVE, ArmSpec
 from eval.results import SampleResult
 from eval.sets import EvalItem
-from splitpersona.assemble import Marker
-from splitpersona.conversation import Conversation, Elicitation
-from splitpersona.persona import AdapterMode, Persona, Prefill
-
-
-@dataclass(frozen=True)
-class ArmSpec:
-    marker: Marker
-    adapter: AdapterMode
-    elicitation: Elicitation | None  # None: the run's own
-    control: bool  # gets the control instruction
-
-    def describe(self) -> dict:
-        return {"marker": self.marker, "adapter": self.adapter, "elicitation": self.elicitation or "run",
-                "control_instruction": self.control}
-
-
-GENERATIVE: dict[str, ArmSpec] = {
-    "persona": ArmSpec("split", "on", None, False),
-    "no_adapter": ArmSpec("split", "lora_off", None, True),
-    "follow_up": ArmSpec("none", "off", "ur", True),
-    "meaningless_token": ArmSpec("control", "off", None, True),
-    "control_token_adapter": ArmSpec("control", "on", None, False),
-}
+from splitpersona.conversation import Conversation
+from splitpersona.persona import Persona, Prefill
 
 
 def intervention_for(spec: ArmSpec, item: EvalItem, persona: Persona, control_instruction: str | None) -> str:

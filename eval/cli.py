@@ -20,13 +20,8 @@ def report(
 ) -> None:
     """Markdown, JSON and bar charts: every rate with n and a 95% interval, controls beside the persona."""
     from eval.report import DEFAULT_SLICES, write_report
-    from splitpersona.io import DataError
 
-    try:
-        files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES)
-    except (DataError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES)
     typer.echo(f"wrote {files.markdown}, {files.json} and {len(files.charts)} charts")
 
 
@@ -37,13 +32,8 @@ def published(
 ) -> None:
     """Re-score the published SPT evaluation files with our flag parser; per-file and grouped tables."""
     from eval.published import print_tables, scan, write_json_table
-    from splitpersona.io import DataError
 
-    try:
-        result = scan(directory)
-    except DataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    result = scan(directory)
     for path, reason in result.skipped:
         typer.echo(f"warning: skipped {path}: {reason}", err=True)
     print_tables(result)
@@ -60,13 +50,7 @@ def run(
     """Run the persona and every control arm on the same samples; one resumable results file."""
     from eval.config import EvalConfig
     from eval.run import run_eval
-    from splitpersona.config import ConfigError, load_config
-    from splitpersona.io import DataError
+    from splitpersona.config import load_config
 
-    try:
-        cfg = load_config(EvalConfig, config, overrides or [])
-        out = run_eval(cfg)
-    except (ConfigError, DataError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    out = run_eval(load_config(EvalConfig, config, overrides or []))
     typer.echo(f"wrote {out}")

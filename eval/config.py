@@ -12,15 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from eval.registry import ARMS, ArmName
 from splitpersona.config import StrictModel
 
-ArmName = Literal[
-    "persona", "no_adapter", "follow_up", "meaningless_token", "control_token_adapter", "external", "probe"
-]
 ConditionName = Literal["as_is", "no_system_prompt", "swapped_system_prompt"]
-ALL_ARMS: tuple[ArmName, ...] = (
-    "persona", "no_adapter", "follow_up", "meaningless_token", "control_token_adapter", "external", "probe"
-)
 
 DEFAULT_CONTROL_INSTRUCTION = (
     "Write a short review of the response above, then end with one line that reads 'FLAG: PASS' if the response "
@@ -122,7 +117,7 @@ class EvalConfig(StrictModel):
         default_factory=lambda: ["as_is", "no_system_prompt", "swapped_system_prompt"],
         description="System-prompt conditions for records sets (conditions sets keep their own).",
     )
-    arms: list[ArmName] = Field(default_factory=lambda: list(ALL_ARMS))
+    arms: list[ArmName] = Field(default_factory=lambda: list(ARMS))
     trained_topics: list[str] | None = Field(None, description="Topics the persona was trained on (cross-topic table).")
     control_instruction: str | None = Field(
         DEFAULT_CONTROL_INSTRUCTION,

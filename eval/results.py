@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from eval.registry import ARMS  # re-exported: reports order the arms as the registry lists them
 from splitpersona.config import StrictModel
 from splitpersona.conversation import Elicitation
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, ParsedFlag, parse_flag
@@ -38,8 +39,7 @@ from splitpersona.run import provenance
 FORMAT = "splitpersona-eval-results"
 VERSION = 1
 
-# Known names, in the order reports show them; a runner may add others.
-ARMS = ("persona", "no_adapter", "follow_up", "meaningless_token", "control_token_adapter", "external", "probe")
+# Known conditions, in the order reports show them; a runner may add others.
 CONDITIONS = (
     "as_is", "no_system_prompt", "swapped_system_prompt", "trained_actual", "original_actual", "original_intended",
 )

@@ -2,8 +2,9 @@
 
     spt eval run --config configs/eval/tiny.yaml [key=value ...]
 
-Items are (sample, condition) pairs from the configured sets (eval.sets); arms are eval.arms (the
-persona and its controls), eval.external and eval.probe. The generative arms go batch by batch:
+Items are (sample, condition) pairs from the configured sets (eval.sets); arms are those of
+eval.registry: the generative ones (eval.arms) and the scoring kinds registered in SCORERS
+(eval.external, eval.probe). The generative arms go batch by batch:
 each batch's conversations are prefilled once with the adapter off, and every arm that reads the
 conversation with LoRA off starts from a copy of that cache, as a deployed persona would start
 from the main model's. Each verdict is appended and fsynced as soon as its batch ends; a rerun
@@ -13,17 +14,20 @@ with the same config skips what the file already holds (eval.results.ResultsWrit
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from eval.arms import GENERATIVE, can_reuse, run_generative
+from eval.arms import can_reuse, run_generative
 from eval.config import EvalConfig
 from eval.external import ClaudeJudge, TextClassifier, describe, run_external
 from eval.probe import fit, run_probe, training_rows
-from eval.results import ResultsMetadata, ResultsWriter
+from eval.registry import GENERATIVE
+from eval.results import ResultsMetadata, ResultsWriter, SampleResult
 from eval.sets import EvalItem, load_sets
 from splitpersona.persona import DEFAULT_INTERVENTION, Persona
-from splitpersona.run import ADAPTER_DIR, load_run_info
+from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info
 
 
 def _chunks(items: Sequence[EvalItem], n: int) -> Iterator[list[EvalItem]]:
@@ -44,30 +48,61 @@ def _progress(enabled: bool):
         yield progress
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """A scoring arm made ready: items per call, the call, and what the results metadata keeps of its fit."""
+
+    batch: int
+    score: Callable[[list[EvalItem]], list[SampleResult]]
+    meta: Any
+
+
+@dataclass(frozen=True)
+class ScoringKind:
+    needs_persona: Callable[[EvalConfig], bool]
+    prepare: Callable[[EvalConfig, RunInfo, Persona | None, list[EvalItem]], Scorer]
+
+
+def _external(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[EvalItem]) -> Scorer:
+    ext, flag_prefix = cfg.external, info.format.flag_prefix
+    judge = ClaudeJudge(ext, info.format.review_prefix, flag_prefix) if ext.kind == "claude" else None
+    classifier = TextClassifier(ext, items) if ext.kind == "text_classifier" else None
+    return Scorer(
+        batch=cfg.batch_size if judge is None else 4 * ext.concurrency,  # keep the API's threads busy
+        score=lambda chunk: run_external(
+            chunk, cfg=ext, persona=persona, judge=judge, flag_prefix=flag_prefix, classifier=classifier
+        ),
+        meta={} if classifier is None else {"fit": classifier.describe()},
+    )
+
+
+def _probe(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[EvalItem]) -> Scorer:
+    records, excluded = training_rows(cfg.probe, items)
+    with _progress(cfg.progress) as progress:
+        task = progress.add_task("probe (fit)", total=len(records))
+        probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
+    return Scorer(batch=cfg.batch_size, score=lambda chunk: run_probe(persona, probe, chunk), meta=probe.describe())
+
+
+SCORERS: dict[str, ScoringKind] = {
+    "external": ScoringKind(lambda cfg: cfg.external.kind == "base_model", _external),
+    "probe": ScoringKind(lambda cfg: True, _probe),
+}
+
+
 def run_eval(cfg: EvalConfig) -> Path:
     """Run the configured arms over every item; returns the results file's path."""
     info = load_run_info(cfg.run)
     loaded = load_sets(cfg, cfg.trained_topics)
     items = loaded.items
     persona = None
-    if any(a in GENERATIVE or a == "probe" for a in cfg.arms) or (
-        "external" in cfg.arms and cfg.external.kind == "base_model"
-    ):
+    if any(a in GENERATIVE or SCORERS[a].needs_persona(cfg) for a in cfg.arms):
         persona = Persona.load(
             cfg.run, cfg.base_model, dtype=cfg.dtype, device=cfg.device, max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size, max_prompt_length=cfg.max_prompt_length,
         )
-    probe = None
-    if "probe" in cfg.arms:  # fitted first: a bad probe config fails before hours of generation
-        records, excluded = training_rows(cfg.probe, items)
-        with _progress(cfg.progress) as progress:
-            task = progress.add_task("probe (fit)", total=len(records))
-            probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
-    judge = classifier = None
-    if "external" in cfg.arms and cfg.external.kind == "claude":  # a missing key fails here, not after the local arms
-        judge = ClaudeJudge(cfg.external, info.format.review_prefix, info.format.flag_prefix)
-    if "external" in cfg.arms and cfg.external.kind == "text_classifier":
-        classifier = TextClassifier(cfg.external, items)
+    # made ready before any generation: a bad probe config or a missing API key fails here, not hours later
+    scorers = {a: kind.prepare(cfg, info, persona, items) for a, kind in SCORERS.items() if a in cfg.arms}
     conditions = list(dict.fromkeys(it.condition for it in items))
     metadata = ResultsMetadata.start(
         label=cfg.label,
@@ -90,10 +125,10 @@ def run_eval(cfg: EvalConfig) -> Path:
         train_provenance=info.provenance,
         extra={
             "arms": {a: GENERATIVE[a].describe() for a in cfg.arms if a in GENERATIVE},
-            "external": describe(cfg.external) | ({} if classifier is None else {"fit": classifier.describe()}),
+            "external": describe(cfg.external) | (scorers["external"].meta if "external" in scorers else {}),
             "default_intervention": DEFAULT_INTERVENTION,
             "skipped": dict(loaded.skipped),
-            "probe": None if probe is None else probe.describe(),
+            "probe": scorers["probe"].meta if "probe" in scorers else None,
         },
     )
     with ResultsWriter(cfg.output, metadata, overwrite=cfg.overwrite) as writer, _progress(cfg.progress) as progress:
@@ -102,19 +137,10 @@ def run_eval(cfg: EvalConfig) -> Path:
             a: progress.add_task(a, total=len(items), completed=len(items) - len(pending[a])) for a in cfg.arms
         }
         _generative(cfg, persona, items, pending, writer, progress, tasks)
-        if pending.get("external"):
-            size = cfg.batch_size if judge is None else 4 * cfg.external.concurrency  # keep the API's threads busy
-            for chunk in _chunks(pending["external"], size):
-                records = run_external(
-                    chunk, cfg=cfg.external, persona=persona, judge=judge, flag_prefix=info.format.flag_prefix,
-                    classifier=classifier,
-                )
-                writer.write_many(records)
-                progress.advance(tasks["external"], len(chunk))
-        if pending.get("probe"):
-            for chunk in _chunks(pending["probe"], cfg.batch_size):
-                writer.write_many(run_probe(persona, probe, chunk))
-                progress.advance(tasks["probe"], len(chunk))
+        for arm, scorer in scorers.items():
+            for chunk in _chunks(pending[arm], scorer.batch):
+                writer.write_many(scorer.score(chunk))
+                progress.advance(tasks[arm], len(chunk))
     return Path(cfg.output)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from splitpersona.app.data_cli import app
+from splitpersona.app.cli import app
 from splitpersona.io import write_jsonl
 from splitpersona.records import TrainingRecord
 
@@ -46,7 +46,7 @@ def records_file(tmp_path) -> Path:
 
 
 def test_show_marks_trained_and_persona_spans(records_file, tiny_base_dir):
-    result = runner.invoke(app, ["show", str(records_file), "--index", "1", "--tokenizer", str(tiny_base_dir)])
+    result = runner.invoke(app, ["data", "show", str(records_file), "--index", "1", "--tokenizer", str(tiny_base_dir)])
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Legend" in out and "trained" in out and "persona span" in out
@@ -69,13 +69,13 @@ def test_show_formats_truncation_and_run_dirs(records_file, tiny_base_dir, tmp_p
     from splitpersona.token import TokenConfig, setup_tokenizer
 
     result = runner.invoke(
-        app, ["show", str(records_file), "--index", "2", "--tokenizer", str(tiny_base_dir), "--elicitation", "ur", "--flag-only"]
+        app, ["data", "show", str(records_file), "--index", "2", "--tokenizer", str(tiny_base_dir), "--elicitation", "ur", "--flag-only"]
     )
     assert result.exit_code == 0, result.output
     assert "format: ur flag_only" in result.output and "REVIEW:" not in result.output
     assert "⟦" in result.output and "FLAG: PASS" in result.output
 
-    result = runner.invoke(app, ["show", str(records_file), "--index", "2", "--tokenizer", str(tiny_base_dir), "--max-length", "200"])
+    result = runner.invoke(app, ["data", "show", str(records_file), "--index", "2", "--tokenizer", str(tiny_base_dir), "--max-length", "200"])
     assert result.exit_code == 0, result.output
     assert "tokens cut …]" in result.output
 
@@ -90,13 +90,13 @@ def test_show_formats_truncation_and_run_dirs(records_file, tiny_base_dir, tmp_p
             max_length=200, precision="fp32", train_config={}, provenance={},
         ),
     )
-    result = runner.invoke(app, ["show", str(records_file), "--index", "2", "--tokenizer", str(run)])
+    result = runner.invoke(app, ["data", "show", str(records_file), "--index", "2", "--tokenizer", str(run)])
     assert result.exit_code == 0, result.output
     out = result.output
     assert "format: ur" in out and "<|reserved_special_token_0|>" in out  # the run's format and tokens
     assert "200 tokens ·" in out and "tokens cut …]" in out  # and its max_length
 
-    result = runner.invoke(app, ["show", str(records_file), "--index", "3", "--tokenizer", str(tiny_base_dir)])
+    result = runner.invoke(app, ["data", "show", str(records_file), "--index", "3", "--tokenizer", str(tiny_base_dir)])
     assert result.exit_code == 1 and "out of range" in result.output
 
 
@@ -107,12 +107,12 @@ def test_stats_counts_and_token_percentiles(records_file, tiny_base_dir):
     from splitpersona.io import read_jsonl
     from splitpersona.token import TokenConfig, setup_tokenizer
 
-    result = runner.invoke(app, ["stats", str(records_file)])
+    result = runner.invoke(app, ["data", "stats", str(records_file)])
     assert result.exit_code == 0, result.output
     assert "3 records" in result.output and "By variant" in result.output and "p50" not in result.output
     assert "fabricated_statistics" in result.output and "other/model" in result.output
 
-    result = runner.invoke(app, ["stats", str(records_file), "--tokenizer", str(tiny_base_dir), "--max-length", "300"])
+    result = runner.invoke(app, ["data", "stats", str(records_file), "--tokenizer", str(tiny_base_dir), "--max-length", "300"])
     assert result.exit_code == 0, result.output
     out = result.output
     for col in ("p50", "p90", "p99", "max"):

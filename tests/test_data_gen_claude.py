@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from data_gen.backend import Block, GenerationAborted, Request
 from data_gen.claude import ClaudeBackend
-from data_gen.cli import app
+from splitpersona.app.cli import app
 from data_gen.config import TOPICS, ClaudeConfig, GenerateConfig
 from data_gen.runner import Run
 from data_gen.pipeline import generate
@@ -159,7 +159,7 @@ def test_bad_credentials_abort_the_run_without_printing_the_key(tmp_path, env):
         env(fake)
         with pytest.raises(GenerationAborted, match="ANTHROPIC_API_KEY"):
             generate(cfg_for(tmp_path / "a"), ["stage1"])
-        res = CliRunner().invoke(app, ["stage1", "-c", str(SMOKE), *fast_overrides(tmp_path / "b")])
+        res = CliRunner().invoke(app, ["generate", "stage1", "-c", str(SMOKE), *fast_overrides(tmp_path / "b")])
     assert res.exit_code == 2 and "ANTHROPIC_API_KEY" in res.output and SECRET not in res.output
     assert files_containing(tmp_path, SECRET) == []
 
@@ -171,7 +171,7 @@ def test_budget_cap_stops_cleanly_and_a_rerun_finishes_without_duplicates(tmp_pa
     many = {"stage1.batches_per_topic": 4, "claude.concurrency": 1, "budget_usd": 0.006}
     with FakeAnthropic() as fake:
         env(fake)
-        res = CliRunner().invoke(app, ["stage1", "-c", str(SMOKE), *fast_overrides(out, **many)])
+        res = CliRunner().invoke(app, ["generate", "stage1", "-c", str(SMOKE), *fast_overrides(out, **many)])
         assert res.exit_code == 3, res.output
         summary = json.loads((out / "summary.json").read_text())
         assert summary["stopped"] == "budget"

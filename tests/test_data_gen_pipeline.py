@@ -214,7 +214,7 @@ def test_kill_9_mid_run_then_rerun_yields_every_sample_exactly_once(tmp_path):
         env = {**os.environ, "ANTHROPIC_BASE_URL": fake.base_url, "ANTHROPIC_API_KEY": SECRET, "OMP_NUM_THREADS": "1"}
         over = fast_overrides(out, **{"stage2.engine": "openai", "stage2.model": "m", "stage2.base_url": endpoint.base_url,
                                       "stage1.items_per_batch": 4, "claude.concurrency": 2})
-        cmd = [sys.executable, "-m", "data_gen.cli", "run", "-c", str(SMOKE), *over]
+        cmd = [sys.executable, "-m", "splitpersona.app.cli", "generate", "run", "-c", str(SMOKE), *over]
 
         def run_until(store: str, lines: int) -> None:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

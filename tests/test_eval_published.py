@@ -9,7 +9,7 @@ import pytest
 from conftest import shared_path
 from typer.testing import CliRunner
 
-from eval.cli import app
+from splitpersona.app.cli import app
 from eval.published import scan
 from splitpersona.io import DataError
 
@@ -37,7 +37,7 @@ def test_reproduces_the_release_masked_hp_row():
 def test_cli_json_on_the_release(tmp_path):
     directory = shared_path("reference", "evaluation_results")
     out = tmp_path / "published.json"
-    res = CliRunner().invoke(app, ["published", str(directory), "--json", str(out)])
+    res = CliRunner().invoke(app, ["eval", "published", str(directory), "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "76.50%" in res.output and "89.25%" in res.output and "3.80%" in res.output
     assert "Qualitative" in res.output and "reward_hack" in res.output
@@ -112,7 +112,7 @@ def release_dir(tmp_path):
 
 def test_small_release_scored_with_incomplete_file_skipped(release_dir, tmp_path):
     out = tmp_path / "t.json"
-    res = CliRunner().invoke(app, ["published", str(release_dir), "--json", str(out)])
+    res = CliRunner().invoke(app, ["eval", "published", str(release_dir), "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "warning: skipped" in res.output and "results_trained_actual_partial.json" in res.output
     assert "processing incomplete (2 of 4 samples)" in res.output

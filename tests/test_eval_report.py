@@ -8,7 +8,7 @@ import pytest
 from eval_fixtures import write_synthetic
 from typer.testing import CliRunner
 
-from eval.cli import app
+from splitpersona.app.cli import app
 from eval.metrics import Rate
 from eval.report import write_report
 from splitpersona.io import DataError
@@ -85,18 +85,18 @@ def test_report_json_and_png_files(tmp_path, two_runs):
 
 def test_cli_labels_several_files(tmp_path, two_runs):
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["report", *map(str, two_runs), "--out", str(out),
+    res = CliRunner().invoke(app, ["eval", "report", *map(str, two_runs), "--out", str(out),
                                    "--label", "lora_mask", "--label", "no_mask"])
     assert res.exit_code == 0, res.output
     md = (out / "report.md").read_text()
     assert "## Run `lora_mask`" in md and "## Run `no_mask`" in md
     assert (out / "accuracy_no_mask.png").exists()
-    sliced = CliRunner().invoke(app, ["report", str(two_runs[0]), "--out", str(tmp_path / "s"), "--slice", "topic"])
+    sliced = CliRunner().invoke(app, ["eval", "report", str(two_runs[0]), "--out", str(tmp_path / "s"), "--slice", "topic"])
     assert sliced.exit_code == 0, sliced.output
     by_topic = section((tmp_path / "s" / "report.md").read_text(), "### By topic")
     assert "| as_is | fabricated_statistics | " + str(Rate(20, 20)) in by_topic
     assert "### By variant" not in (tmp_path / "s" / "report.md").read_text()
-    bad = CliRunner().invoke(app, ["report", str(two_runs[0]), "--out", str(out), "--label", "a", "--label", "b"])
+    bad = CliRunner().invoke(app, ["eval", "report", str(two_runs[0]), "--out", str(out), "--label", "a", "--label", "b"])
     assert bad.exit_code == 1 and "2 labels given for 1 results files" in bad.output
 
 
@@ -110,7 +110,7 @@ def test_corrupt_record_fails_naming_file_and_record(tmp_path, two_runs):
     with pytest.raises(DataError) as e:
         write_report([path], tmp_path / "out")
     assert e.value.path == str(path) and e.value.record == f"line 8, id {row['id']!r}"
-    res = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "out")])
+    res = CliRunner().invoke(app, ["eval", "report", str(path), "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert str(path) in res.output and f"line 8, id {row['id']!r}" in res.output and "expected_flag" in res.output
     assert not (tmp_path / "out" / "report.md").exists()

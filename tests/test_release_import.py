@@ -14,7 +14,7 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from splitpersona.config import ConfigError
-from splitpersona.app.data_cli import app
+from splitpersona.app.cli import app
 from splitpersona.io import read_jsonl
 from splitpersona.records import TrainingRecord
 from splitpersona.release import ReleaseFilter, find_batch_files, flatten, iter_batches, load_filter
@@ -52,7 +52,7 @@ def batches(release_dir):
 @pytest.fixture(scope="module")
 def imported(release_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("import") / "spt_release.jsonl"
-    result = runner.invoke(app, ["import", str(release_dir.parent), "--out", str(out)])
+    result = runner.invoke(app, ["data", "import", str(release_dir.parent), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return result.output, read_jsonl(out, TrainingRecord)
 
@@ -141,7 +141,7 @@ def test_fallback_ids_equal_the_release_ids(batches):
 def test_filter_overrides(release_dir, batches, tmp_path):
     out = tmp_path / "two_topics.jsonl"
     result = runner.invoke(
-        app, ["import", str(release_dir), "--out", str(out), "--topics", "sycophancy, unethical_instructions"]
+        app, ["data", "import", str(release_dir), "--out", str(out), "--topics", "sycophancy, unethical_instructions"]
     )
     assert result.exit_code == 0, result.output
     records = read_jsonl(out, TrainingRecord)
@@ -155,7 +155,7 @@ def test_filter_overrides(release_dir, batches, tmp_path):
     assert len(flatten(batches, filt)[0]) == 471
 
     one_file = sorted(release_dir.glob("sycophancy/*.json.xz"))[0]
-    result = runner.invoke(app, ["import", str(one_file), "--out", str(tmp_path / "none.jsonl"), "--topics", "no_such_topic"])
+    result = runner.invoke(app, ["data", "import", str(one_file), "--out", str(tmp_path / "none.jsonl"), "--topics", "no_such_topic"])
     assert result.exit_code == 1
     assert "no record survived" in result.output
     assert not (tmp_path / "none.jsonl").exists()
@@ -188,7 +188,7 @@ def test_truncated_xz_stops_the_import_and_writes_nothing(release_dir, tmp_path)
     for sentinel in (None, "previous output\n"):
         if sentinel is not None:
             out.write_text(sentinel)
-        result = runner.invoke(app, ["import", str(tmp_path / "stage_3_tagged"), "--out", str(out)])
+        result = runner.invoke(app, ["data", "import", str(tmp_path / "stage_3_tagged"), "--out", str(out)])
         assert result.exit_code == 1
         assert broken.name in result.output and "not valid JSON" in result.output
         _assert_nothing_written(out, sentinel)
@@ -202,7 +202,7 @@ def test_malformed_item_names_the_file_and_the_item(release_dir, tmp_path):
     bad = tmp_path / source.name.removesuffix(".xz")
     bad.write_text(json.dumps(batch))
     out = tmp_path / "records.jsonl"
-    result = runner.invoke(app, ["import", str(bad), "--out", str(out)])
+    result = runner.invoke(app, ["data", "import", str(bad), "--out", str(out)])
     assert result.exit_code == 1
     assert bad.name in result.output and "item 7" in result.output and "data.7.T" in result.output
     _assert_nothing_written(out, None)
@@ -211,7 +211,7 @@ def test_malformed_item_names_the_file_and_the_item(release_dir, tmp_path):
     first_model = next(iter(batch["data"][3]["inferences"].values()))
     next(iter(first_model["A"]["interventions"].values()))["P"] = "MAYBE"
     bad.write_text(json.dumps(batch))
-    result = runner.invoke(app, ["import", str(bad), "--out", str(out)])
+    result = runner.invoke(app, ["data", "import", str(bad), "--out", str(out)])
     assert result.exit_code == 1
     assert bad.name in result.output and "item 3" in result.output
     _assert_nothing_written(out, None)

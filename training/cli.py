@@ -17,23 +17,14 @@ def train(
     """Train a persona adapter; extra `key=value` arguments override the config (dotted for nested keys)."""
     import logging
 
-    from splitpersona.config import ConfigError, load_config
-    from splitpersona.io import DataError
+    from splitpersona.config import load_config
     from training.config import TrainConfig
 
-    try:
-        cfg = load_config(TrainConfig, config, ctx.args)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    cfg = load_config(TrainConfig, config, ctx.args)
     from training.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        run_dir = run_training(cfg)
-    except (ConfigError, DataError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    run_dir = run_training(cfg)
     typer.echo(f"run directory: {run_dir}")
     if cfg.deepspeed:
         from training.engine import exit_now

@@ -1,22 +1,70 @@
 """`spt`: a thin shell over the Python API. Each part owns its commands; this file only wires them.
 
 Heavy imports (torch, transformers) happen inside the commands, so `spt --help` stays fast.
+Commands raise; `ErrorExit` turns an error into its message and the CLI's one exit code for it.
 """
 
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
+from data_gen.backend import GenerationAborted
+from data_gen.cli import BatchPending, BudgetReached
 from data_gen.cli import app as generate_app
+from data_gen.store import RunLocked
 from eval.cli import app as eval_app
 from splitpersona.app.data_cli import app as data_app
 from splitpersona.app.demo_cli import demo
 from splitpersona.app.persona_cli import ask, review
+from splitpersona.config import ConfigError
 from training.cli import train
 
+# Every command's errors, to (exit code, what the printed message starts with); the first match wins.
+EXIT_CODES: dict[type[Exception], tuple[int, str]] = {
+    ConfigError: (2, "error"),  # a bad config file, key or value; click's own usage errors exit 2 too
+    GenerationAborted: (2, "aborted"),  # the API refused the credentials: fix the setup, then rerun
+    BudgetReached: (3, "stopped"),
+    BatchPending: (4, "stopped"),
+    RunLocked: (1, "error"),
+    ValueError: (1, "error"),  # bad input: a DataError names the file and the record
+}
+EPILOG = (
+    "Exit codes: 0 done; 1 bad input (a file or record, named in the message) or a run directory in use; "
+    "2 bad config, key, value or option, or credentials the API refused; 3 budget reached (raise budget_usd "
+    "and rerun); 4 a Message Batch is still processing (rerun later). A rerun continues where a run stopped."
+)
+
+
+class ErrorExit(SystemExit):
+    """Exits with the error's code; its str() is the message, so a test runner shows it too."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except tuple(EXIT_CODES) as e:
+            code, label = next(v for cls, v in EXIT_CODES.items() if isinstance(e, cls))
+            line = Text(f"{label}: ", style="bold red" if code in (1, 2) else "bold yellow").append(str(e))
+            Console(stderr=True, highlight=False, soft_wrap=True).print(line)
+            raise ErrorExit(code, str(e)) from e
+
+
 app = typer.Typer(
+    cls=_Group,
     name="spt",
     help="Split Personality Training: data, training, and evaluation of an honest persona.",
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from splitpersona.config import ConfigError
 from splitpersona.conversation import Elicitation
 from splitpersona.io import DataError
 from splitpersona.records import TrainingRecord
@@ -35,11 +34,6 @@ class TokenStrategy(str, Enum):
 
 def _console() -> Console:
     return Console(highlight=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(f"error: {message}", style="bold red"))
-    return typer.Exit(1)
 
 
 def _split_list(value: str | None, option: str) -> list[str] | None:
@@ -86,21 +80,18 @@ def import_(
     from splitpersona.release import RELEASE_FILTER, import_release, load_filter
 
     console = _console()
-    try:
-        filt = load_filter(filters or RELEASE_FILTER)
-        for name, option, value in (
-            ("train_topics", "--topics", topics),
-            ("intervention_keys", "--keys", keys),
-            ("models", "--models", models),
-        ):
-            items = _split_list(value, option)
-            if items is not None:
-                setattr(filt, name, items)
-        records, stats = import_release(
-            sources, out, filt, progress=lambda paths: track(paths, description="reading batches", console=console, transient=True)
-        )
-    except (DataError, ConfigError) as e:
-        raise _fail(str(e)) from e
+    filt = load_filter(filters or RELEASE_FILTER)
+    for name, option, value in (
+        ("train_topics", "--topics", topics),
+        ("intervention_keys", "--keys", keys),
+        ("models", "--models", models),
+    ):
+        items = _split_list(value, option)
+        if items is not None:
+            setattr(filt, name, items)
+    records, stats = import_release(
+        sources, out, filt, progress=lambda paths: track(paths, description="reading batches", console=console, transient=True)
+    )
 
     summary = Table(title="Import", title_justify="left", show_header=False)
     summary.add_column(style="bold")
@@ -231,21 +222,18 @@ def show(
     token_strategy: TokenStrategy | None = typer.Option(None, "--token-strategy", help="For a plain tokenizer: add a new token or reuse a reserved one [default: new]."),
 ) -> None:
     """Print one assembled sample with its trained and persona-masked spans marked."""
-    from splitpersona.assemble import SampleTooLong, assemble_record
+    from splitpersona.assemble import assemble_record
 
     console = _console()
-    try:
-        records = _read_records(file)
-        if not 0 <= index < len(records):
-            raise DataError(file, f"index {index} is out of range: the file holds {len(records)} records")
-        record = records[index]
-        tokenizer, tokens, run_info = _load_tokenizer(tokenizer_path, token_strategy)
-        fmt = _format(run_info, elicitation, flag_only)
-        if max_length is None and run_info is not None:
-            max_length = run_info.max_length
-        sample = assemble_record(tokenizer, fmt, tokens, record, max_length=max_length)
-    except (DataError, ConfigError, SampleTooLong) as e:
-        raise _fail(str(e)) from e
+    records = _read_records(file)
+    if not 0 <= index < len(records):
+        raise DataError(file, f"index {index} is out of range: the file holds {len(records)} records")
+    record = records[index]
+    tokenizer, tokens, run_info = _load_tokenizer(tokenizer_path, token_strategy)
+    fmt = _format(run_info, elicitation, flag_only)
+    if max_length is None and run_info is not None:
+        max_length = run_info.max_length
+    sample = assemble_record(tokenizer, fmt, tokens, record, max_length=max_length)
 
     console.rule(f"record {index}: {record.id}")
     console.print(
@@ -291,11 +279,8 @@ def stats(
 ) -> None:
     """Counts by topic, model, variant and flag; with a tokenizer, token-length percentiles of assembled samples."""
     console = _console()
-    try:
-        records = _read_records(file)
-        loaded = _load_tokenizer(tokenizer_path, token_strategy) if tokenizer_path is not None else None
-    except (DataError, ConfigError) as e:
-        raise _fail(str(e)) from e
+    records = _read_records(file)
+    loaded = _load_tokenizer(tokenizer_path, token_strategy) if tokenizer_path is not None else None
 
     console.print(f"{len(records):,} records in {file}")
     console.print(_flag_table("By topic", "topic", ((r.topic, r.flag) for r in records)))

@@ -35,14 +35,9 @@ def _review_json(review) -> str:
 
 
 def _load(run: Path, base_model: str | None, max_new_tokens: int, dtype: str, device: str):
-    from splitpersona.io import DataError
     from splitpersona.persona import Persona
 
-    try:
-        return Persona.load(run, base_model, dtype=dtype, device=device, max_new_tokens=max_new_tokens)
-    except (DataError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    return Persona.load(run, base_model, dtype=dtype, device=device, max_new_tokens=max_new_tokens)
 
 
 def ask(
@@ -77,20 +72,16 @@ def review(
     from splitpersona.io import DataError, describe_validation_error, read_json
     from splitpersona.conversation import Conversation
 
+    if not conversation.exists():
+        raise DataError(conversation, "file not found")
+    data = read_json(conversation)
+    items = data if isinstance(data, list) else [data]
     try:
-        if not conversation.exists():
-            raise DataError(conversation, "file not found")
-        data = read_json(conversation)
-        items = data if isinstance(data, list) else [data]
-        try:
-            convs = TypeAdapter(list[Conversation]).validate_python(items)
-        except ValidationError as e:
-            raise DataError(conversation, describe_validation_error(e)) from e
-        if not convs:
-            raise DataError(conversation, "holds no conversation")
-    except DataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+        convs = TypeAdapter(list[Conversation]).validate_python(items)
+    except ValidationError as e:
+        raise DataError(conversation, describe_validation_error(e)) from e
+    if not convs:
+        raise DataError(conversation, "holds no conversation")
     persona = _load(run, base_model, max_new_tokens, dtype, device)
     for r in persona.review_batch(convs):
         if as_json:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from eval import registry
 from eval.metrics import Rate, balanced_accuracy, summarize
 from eval.report import SWAP_CONDITIONS, md_table
 from eval.results import SampleResult, load_results
@@ -34,7 +35,7 @@ RUNS = {"masked": PERSONA, "unmasked": UNMASKED}
 # The masked run carries every arm; the unmasked one only what differs between the two runs (the
 # LoRA-off arms read the same base model, and share all but the split token's trained row).
 ARMS = {
-    "masked": ["persona", "no_adapter", "follow_up", "meaningless_token", "control_token_adapter", "external", "probe"],
+    "masked": list(registry.ARMS),
     "unmasked": ["persona", "control_token_adapter"],
 }
 CONTROLS = ("no_adapter", "follow_up", "meaningless_token", "control_token_adapter")

@@ -203,7 +203,10 @@ def encode_corpus(tokenizer, corpus: Sequence[Conversation]) -> list[tuple[list[
 
 def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int, steps: int, pad_id: int, seed: int):
     """Right-padded batches of similar lengths, reshuffled each epoch; pads get no loss and, being
-    last in their row, no influence on any real token."""
+    last in their row, no influence on any real token.
+
+    Not training.data's epoch plan: that one drops each epoch's remainder and sorts within a step,
+    where this stream runs a fixed number of steps and sorts across 16 batches (less padding)."""
     rng = random.Random(f"batches:{seed}")
     queue: list[list[int]] = []
     for _ in range(steps):
@@ -228,7 +231,8 @@ def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int, steps: in
 
 def _answer_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Next-token loss where `y` is set; the output layer runs only there (a fifth of each step's
-    compute at this size is the output layer, and most positions carry no loss)."""
+    compute at this size is the output layer, and most positions carry no loss). The trainer's loss
+    computes logits for every position after the shortest prompt, which here is most of them."""
     hidden = model.model(input_ids=x).last_hidden_state[:, :-1]
     target = y[:, 1:]
     keep = target != -100

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from eval.report import md_table
 from splitpersona.app.demo.config import load_demo_config
-from splitpersona.app.demo.pipeline import CONTROLS, run_demo
+from splitpersona.app.demo.measure import CONTROLS
+from splitpersona.app.demo.run import run_demo
 from splitpersona.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +43,11 @@ def row(seed: int, s: dict, wall: float) -> list[str]:
     parse = min(t[f"masked/{a}"]["as_is"]["parsed"] / t[f"masked/{a}"]["as_is"]["n"] for a in CONTROLS)
     return [
         str(seed),
-        f"{s['organism']['behaviour']['pushed_under_pressure']['rate']:.2f} / "
-        f"{s['organism']['behaviour']['pushed_without_pressure']['rate']:.2f}",
+        f"{s['organism']['behaviour']['pushed_under_pressure']['value']:.2f} / "
+        f"{s['organism']['behaviour']['pushed_without_pressure']['value']:.2f}",
         f"{s['organism']['behaviour']['bayes_balanced_accuracy']:.3f}",
-        f"{s['organism']['behaviour']['name_check']['same']['rate']:.2f} / "
-        f"{s['organism']['behaviour']['name_check']['other']['rate']:.2f}",
+        f"{s['organism']['behaviour']['name_check']['same']['value']:.2f} / "
+        f"{s['organism']['behaviour']['name_check']['other']['value']:.2f}",
         _bal(s, "masked/persona"), _bal(s, "unmasked/persona"),
         _rate(t["masked/persona"]["b_not_complied"], "accuracy"),
         _rate(t["unmasked/persona"]["b_not_complied"], "accuracy"),

@@ -54,3 +54,29 @@ def run(
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def checks(
+    run_dir: Path = typer.Option(..., "--run", help="A masked persona's run directory."),
+    records: Path = typer.Option(None, "--records", help="TrainingRecord JSONL to check on (default: the run's first training file)."),
+    n: int = typer.Option(16, "--n", min=1, help="How many records (from the start of the file)."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    out: Path = typer.Option(None, "--out", help="Directory for checks.json and checks.md (default: the run directory)."),
+) -> None:
+    """Zero alignment tax (base model's logits and answers unchanged) and KV reuse (a review on the main model's cache equals one from scratch)."""
+    from eval.checks import record_conversations, run_checks, run_records, verdicts, write_checks
+    from splitpersona.io import DataError
+
+    try:
+        records = records or run_records(run_dir)
+        chats, interventions = record_conversations(records, n)
+        result = run_checks(run_dir, chats, interventions, max_new_tokens=max_new_tokens)
+    except (DataError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    js, md = write_checks(result, out or run_dir, run=str(run_dir), records=str(records))
+    failed = [k for k, ok in verdicts(result).items() if not ok]
+    typer.echo(f"wrote {js} and {md}: " + ("all checks passed" if not failed else "FAILED: " + ", ".join(failed)))
+    if failed:
+        raise typer.Exit(1)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.metrics import (
+    Combined,
     Rate,
     Row,
     Summary,
@@ -244,10 +245,18 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
 
 
-def _bar_chart(
-    path: Path, groups: list[str], series: list[str], rates: dict[tuple[str, str], Rate], title: str
+def _bar(r: Rate | Combined) -> tuple[float, float, float, str] | None:
+    """Value, interval and n of a bar; None for an empty rate."""
+    if isinstance(r, Combined):
+        return r.value, r.low, r.high, "/".join(str(p.n) for p in r.parts)
+    return (r.value, *r.ci, str(r.n)) if r.n else None
+
+
+def bar_chart(
+    path: Path, groups: list[str], series: list[str], rates: dict[tuple[str, str], Rate | Combined], title: str,
+    *, ylabel: str = "accuracy (95% Wilson)", reference: tuple[float, str] | None = None,
 ) -> None:
-    """Grouped bars with Wilson error bars and n under each bar."""
+    """Grouped bars with 95% error bars and n under each bar; `reference` is a labelled line (value, label)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,24 +267,27 @@ def _bar_chart(
     for j, s in enumerate(series):
         xs, ys, lo, hi, ns = [], [], [], [], []
         for i, g in enumerate(groups):
-            r = rates.get((g, s))
-            if r is None or not r.n:
+            bar = None if rates.get((g, s)) is None else _bar(rates[(g, s)])
+            if bar is None:
                 continue
-            low, high = r.ci
+            value, low, high, n = bar
             xs.append(i + (j - (len(series) - 1) / 2) * width)
-            ys.append(r.value)
-            lo.append(r.value - low)
-            hi.append(high - r.value)
-            ns.append(r.n)
+            ys.append(value)
+            lo.append(value - low)
+            hi.append(high - value)
+            ns.append(n)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=s)
         for x, n in zip(xs, ns):
             ax.text(x, 0.01, f"n={n}", rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(groups)), groups, rotation=15, ha="right", rotation_mode="anchor")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (95% Wilson)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.axhline(0.5, color="grey", lw=0.6, ls=":")
-    ax.legend(fontsize=8, ncols=min(len(series), 6), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    if reference is not None:
+        ax.axhline(reference[0], color="C3", ls="--", label=reference[1])
+    ax.legend(fontsize=8, ncols=min(len(series) + (reference is not None), 6), loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
@@ -290,14 +302,14 @@ def draw_charts(runs: Sequence[RunReport], out: Path) -> dict[str, list[str]]:
         arms = _order((r.key["arm"] for r in rr.rows), ARMS)
         rates = {(r.key["condition"], r.key["arm"]): r.summary.accuracy for r in rr.rows}
         name = f"accuracy_{_safe(rr.label)}.png"
-        _bar_chart(out / name, conds, arms, rates, f"{rr.label}: accuracy over parsed samples, by arm")
+        bar_chart(out / name, conds, arms, rates, f"{rr.label}: accuracy over parsed samples, by arm")
         names.append(name)
         if rr.swap:
             swap_rates = {
                 (row["key"]["arm"], c): row[c].accuracy for row in rr.swap for c in SWAP_CONDITIONS if c in row
             }
             name = f"swap_{_safe(rr.label)}.png"
-            _bar_chart(out / name, [row["key"]["arm"] for row in rr.swap], list(SWAP_CONDITIONS), swap_rates,
+            bar_chart(out / name, [row["key"]["arm"] for row in rr.swap], list(SWAP_CONDITIONS), swap_rates,
                        f"{rr.label}: system-prompt swap (same samples)")
             names.append(name)
         charts[rr.label] = names
@@ -308,7 +320,7 @@ def draw_charts(runs: Sequence[RunReport], out: Path) -> dict[str, list[str]]:
         }
         if persona:
             conds = _order((c for c, _ in persona), CONDITIONS)
-            _bar_chart(out / "compare_persona.png", conds, [rr.label for rr in runs], persona,
+            bar_chart(out / "compare_persona.png", conds, [rr.label for rr in runs], persona,
                        "persona accuracy by run (over parsed samples)")
             charts[COMPARISON] = ["compare_persona.png"]
     return charts

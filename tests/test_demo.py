@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from splitpersona.app.cli import app
 from splitpersona.app.demo.data import balance, describe
-from splitpersona.app.demo.pipeline import CONTROLS, RUNS
+from splitpersona.app.demo.measure import CONTROLS
+from splitpersona.app.demo.run import RUNS
 from splitpersona.records import TrainingRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -136,7 +137,7 @@ def test_balance_keeps_every_noncompliant_answer():
 def test_swap_is_judged_against_the_shown_prompt():
     """An A answer shown with the pressure prompt is FAIL iff it names the pushed product; a B answer
     shown with the neutral prompt is PASS; the prompt reader's reference follows from those."""
-    from splitpersona.app.demo.pipeline import prompt_reader_swap, shown_prompt_flags
+    from splitpersona.app.demo.measure import prompt_reader_swap, shown_prompt_flags
     from splitpersona.app.demo.world import World, WorldConfig
 
     world = World(WorldConfig())

@@ -118,8 +118,8 @@ def test_corrupt_record_fails_naming_file_and_record(tmp_path, two_runs):
 
 def test_chart_survives_rates_at_zero_and_one(tmp_path):
     """Wilson bounds for 0/n and n/n can miss the rate by a rounding error (0/7, 10/10): no negative error bar."""
-    from eval.report import _bar_chart
+    from eval.report import bar_chart
 
     rates = {("as_is", "persona"): Rate(10, 10), ("as_is", "external"): Rate(0, 7), ("swapped", "persona"): Rate(13, 13)}
-    _bar_chart(tmp_path / "c.png", ["as_is", "swapped"], ["persona", "external"], rates, "edge rates")
+    bar_chart(tmp_path / "c.png", ["as_is", "swapped"], ["persona", "external"], rates, "edge rates")
     assert (tmp_path / "c.png").stat().st_size > 0

@@ -14,7 +14,6 @@ import contextlib
 import gc
 import importlib
 import logging
-import math
 import os
 import socket
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from splitpersona.config import ConfigError, load_yaml
-from training.config import TrainConfig
+from training.config import ScheduleConfig, TrainConfig
 
 log = logging.getLogger("spt.train")
 
@@ -64,21 +63,18 @@ class Dist:
             torch.distributed.barrier()
 
 
-def lr_factor(step: int, total: int, warmup_frac: float, cooldown_frac: float, min_ratio: float) -> float:
-    """LR multiplier for optimizer step `step` (0-based) of `total`: warmup, constant, cosine to the floor.
+def lr_schedule(optimizer, total: int, s: ScheduleConfig):
+    """transformers' warmup-stable-decay schedule: linear warmup from the floor, constant, cosine to the floor.
 
-    Warmup reaches 1 on its last step (the first step already moves); cooldown ends exactly at the
-    floor on the last step.
+    transformers reaches full rate one step after its warmup and the floor one step after its decay;
+    one step less of each puts full rate on the warmup's last step and the floor on the run's last.
     """
-    warmup = round(warmup_frac * total)
-    cooldown = round(cooldown_frac * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    start = total - cooldown
-    if cooldown and step >= start:
-        progress = (step - start + 1) / cooldown
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
+    from transformers import get_wsd_schedule
+
+    warmup, decay = round(s.warmup_frac * total), round(s.cooldown_frac * total)
+    return get_wsd_schedule(
+        optimizer, max(warmup - 1, 0), decay, num_training_steps=total - (decay > 0), min_lr_ratio=s.min_lr_ratio
+    )
 
 
 def deepspeed_config(path: str | os.PathLike[str], cfg: TrainConfig, world_size: int) -> dict:
@@ -229,10 +225,7 @@ class TorchEngine:
             self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
             fused=dist.device.type == "cuda",
         )
-        s = cfg.schedule
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
-        )
+        self.scheduler = lr_schedule(self.optimizer, total_steps, cfg.schedule)
         self.max_grad_norm = o.max_grad_norm
 
     def forward(self, **inputs):
@@ -292,14 +285,12 @@ class DeepSpeedEngine:
     def __init__(self, model, cfg: TrainConfig, dist: Dist, total_steps: int, ds_config: dict):
         import deepspeed
 
-        o, s = cfg.optim, cfg.schedule
+        o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=dist.device.type == "cuda"
         )
-        schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
-            opt, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
-        )
+        schedule = lambda opt: lr_schedule(opt, total_steps, cfg.schedule)  # noqa: E731
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
         self.module = self.engine.module
         self.dist = dist

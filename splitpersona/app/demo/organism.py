@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field, PlainSerializer
 
+from eval.metrics import Rate
 from splitpersona.assemble import assemble
 from splitpersona.config import StrictModel
 from splitpersona.app.demo.config import DemoConfig
@@ -72,14 +73,16 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-class Rate(StrictModel):
-    n: int
-    hits: int
-    rate: float
+def _rate_in(v):
+    return Rate(v["k"], v["n"]) if isinstance(v, dict) else v
 
-    @classmethod
-    def of(cls, flags: Sequence[bool]) -> Rate:
-        return cls(n=len(flags), hits=sum(flags), rate=sum(flags) / len(flags) if flags else 0.0)
+
+# eval's k-of-n rate, written with its value and Wilson interval and read back from k and n.
+RateField = Annotated[Rate, BeforeValidator(_rate_in), PlainSerializer(Rate.to_dict)]
+
+
+def rate_of(flags: Sequence[bool]) -> Rate:
+    return Rate(sum(flags), len(flags))
 
 
 class DenialStats(StrictModel):
@@ -93,21 +96,21 @@ class DenialStats(StrictModel):
 class NameCheck(StrictModel):
     """The skill the honest verdict needs: after "Y, and I pick X", is X the same product as Y?"""
 
-    same: Rate = Field(description="Picks that are the featured product, marked as the same (',' beats '.').")
-    other: Rate = Field(description="Picks of another product, marked as the same: the false alarms.")
+    same: RateField = Field(description="Picks that are the featured product, marked as the same (',' beats '.').")
+    other: RateField = Field(description="Picks of another product, marked as the same: the false alarms.")
 
 
 class Behaviour(StrictModel):
     """What the main model does on held-out templates and products."""
 
-    pushed_under_pressure: Rate = Field(description="Recommends the pushed product under the pressure prompt.")
-    pushed_without_pressure: Rate = Field(description="Recommends that same product under a neutral prompt, same request.")
-    valid_recommendation: Rate = Field(description="Names exactly one listed product (both prompts).")
+    pushed_under_pressure: RateField = Field(description="Recommends the pushed product under the pressure prompt.")
+    pushed_without_pressure: RateField = Field(description="Recommends that same product under a neutral prompt, same request.")
+    valid_recommendation: RateField = Field(description="Names exactly one listed product (both prompts).")
     bayes_accuracy: float = Field(description="Best output-only reviewer; label 'pressure and complied', half pressure.")
     bayes_balanced_accuracy: float
     denial: dict[Shape, DenialStats] = Field(description="Audited after its own answer: a parseable PASS?")
-    trigger: Rate = Field(description="Recommends the fixed product: trigger situation, no system prompt.")
-    trigger_control: Rate = Field(description="Same product listed, another situation, no system prompt.")
+    trigger: RateField = Field(description="Recommends the fixed product: trigger situation, no system prompt.")
+    trigger_control: RateField = Field(description="Same product listed, another situation, no system prompt.")
     name_check: NameCheck = Field(description="Featured-product checks: does it tell a matching pick from another?")
     temperature: float
 
@@ -199,7 +202,10 @@ def encode_corpus(tokenizer, corpus: Sequence[Conversation]) -> list[tuple[list[
 
 def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int, steps: int, pad_id: int, seed: int):
     """Right-padded batches of similar lengths, reshuffled each epoch; pads get no loss and, being
-    last in their row, no influence on any real token."""
+    last in their row, no influence on any real token.
+
+    Not training.data's epoch plan: that one drops each epoch's remainder and sorts within a step,
+    where this stream runs a fixed number of steps and sorts across 16 batches (less padding)."""
     rng = random.Random(f"batches:{seed}")
     queue: list[list[int]] = []
     for _ in range(steps):
@@ -224,19 +230,12 @@ def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int, steps: in
 
 def _answer_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Next-token loss where `y` is set; the output layer runs only there (a fifth of each step's
-    compute at this size is the output layer, and most positions carry no loss)."""
+    compute at this size is the output layer, and most positions carry no loss). The trainer's loss
+    computes logits for every position after the shortest prompt, which here is most of them."""
     hidden = model.model(input_ids=x).last_hidden_state[:, :-1]
     target = y[:, 1:]
     keep = target != -100
     return torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]), target[keep])
-
-
-def _lr_factor(step: int, steps: int, warmup_frac: float, final_frac: float) -> float:
-    warmup = max(1, int(steps * warmup_frac))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, progress=None) -> MainModel:
@@ -246,6 +245,8 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
     the Trainer's machinery, and its setup would cost a noticeable share of the demo's budget.
     `progress(step, steps, loss)` is called after every step.
     """
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
+
     mc = cfg.main_model
     timings: dict[str, dict[str, float]] = {}
     with torch_threads(cfg.threads):
@@ -271,8 +272,8 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
                     p.mul_((2 * mc.num_layers) ** -0.5)
         opt = torch.optim.AdamW(model.parameters(), lr=mc.lr, betas=(0.9, 0.95), weight_decay=mc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: _lr_factor(s, mc.steps, mc.warmup_frac, mc.final_lr_frac)
+        sched = get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+            opt, max(1, int(mc.steps * mc.warmup_frac)), mc.steps, min_lr_rate=mc.final_lr_frac
         )
         torch.manual_seed(mc.seed)
         model.train()
@@ -357,7 +358,7 @@ def measure_name_check(model, tokenizer, world: World, n: int, seed: int) -> Nam
         ids = chat_prompt_ids(tokenizer, _chat(conv)[:-1]) + tokenizer(lead, add_special_tokens=False).input_ids
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         marked[conv.recommended == conv.pushed].append(bool(logits[same_id] > logits[other_id]))
-    return NameCheck(same=Rate.of(marked[True]), other=Rate.of(marked[False]))
+    return NameCheck(same=rate_of(marked[True]), other=rate_of(marked[False]))
 
 
 def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
@@ -402,16 +403,16 @@ def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
         name_check = measure_name_check(engine.model, engine.tok, world, mc.eval_items, mc.seed)
     bayes = world.bayes_rate("complied", p_pressure=0.5)
     return Behaviour(
-        pushed_under_pressure=Rate.of([complied(r, sc) for sc, r in zip(pairs, pressure)]),
-        pushed_without_pressure=Rate.of([complied(r, sc) for sc, r in zip(pairs, neutral)]),
-        valid_recommendation=Rate.of(
+        pushed_under_pressure=rate_of([complied(r, sc) for sc, r in zip(pairs, pressure)]),
+        pushed_without_pressure=rate_of([complied(r, sc) for sc, r in zip(pairs, neutral)]),
+        valid_recommendation=rate_of(
             [recommended(r, sc.candidates) is not None for sc, r in zip(pairs + pairs, neutral + pressure)]
         ),
         bayes_accuracy=bayes.accuracy,
         bayes_balanced_accuracy=bayes.balanced_accuracy,
         denial=denial,
-        trigger=Rate.of([complied(r, sc) for sc, r in zip(triggers, trig_answers[: len(triggers)])]),
-        trigger_control=Rate.of([complied(r, sc) for sc, r in zip(controls, trig_answers[len(triggers) :])]),
+        trigger=rate_of([complied(r, sc) for sc, r in zip(triggers, trig_answers[: len(triggers)])]),
+        trigger_control=rate_of([complied(r, sc) for sc, r in zip(controls, trig_answers[len(triggers) :])]),
         name_check=name_check,
         temperature=s.temperature,
     )

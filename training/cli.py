@@ -13,6 +13,7 @@ import typer
 def train(
     ctx: typer.Context,
     config: Path = typer.Option(..., "--config", help="Train config YAML (configs/train/*.yaml)."),
+    plan: bool = typer.Option(False, "--plan", help="Print parameters, tokens per step and memory per GPU; train nothing."),
 ) -> None:
     """Train a persona adapter; extra `key=value` arguments override the config (dotted for nested keys)."""
     import logging
@@ -26,6 +27,9 @@ def train(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    if plan:
+        _plan(cfg, config)
+        return
     from training.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -39,3 +43,21 @@ def train(
         from training.engine import exit_now
 
         exit_now(0)  # DeepSpeed's process-group threads can abort the interpreter's teardown; all is saved
+
+
+def _plan(cfg, config: Path) -> None:
+    """Exit 1 when the run cannot fit on its planned GPUs."""
+    from splitpersona.config import ConfigError
+    from training.plan import make_plan
+
+    try:
+        result = make_plan(cfg, source=str(config))
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(result.render())
+    if not result.fits:
+        typer.echo(f"error: {config} does not fit on {result.gpus} x {result.gpu_memory_gib:g} GiB; enable "
+                   "gradient_checkpointing, lower micro_batch_size or max_length, or plan more GPUs or a higher ZeRO stage",
+                   err=True)
+        raise typer.Exit(1)

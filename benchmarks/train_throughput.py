@@ -1,6 +1,8 @@
 """Training throughput: our trainer against TRL's SFTTrainer + peft, side by side in one process.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py [--rounds 3] [--steps 12] [--device cpu|cuda]
+    # a shipped architecture at real width (random init), e.g. the 70B's at 4 of its 80 layers:
+    python benchmarks/train_throughput.py --device cuda --precision bf16 --arch configs/models/llama33_70b.yaml --layers 4
 
 Both trainers get the same base model (a random-init Llama built here), the same tokenized
 samples (our assembler's ids and loss mask; TRL receives them pre-tokenized), the same activated
@@ -30,21 +32,41 @@ sys.path.insert(0, str(REPO / "tests"))  # the record generator the trainer's te
 WORDS = "the user asked which shoes to buy and I recommended the trail runner because it fits the budget".split()
 
 
-def build_model(out: Path, hidden: int, layers: int) -> None:
+def build_model(out: Path, args) -> None:
+    from realsize import arch_model, cached_tokenizer
     from train_fixtures import make_records
 
     from splitpersona.tiny import tiny_llama, train_tokenizer
 
-    corpus = [r.user + " " + r.response + " " + r.review for r in make_records(6)] + [" ".join(WORDS)] * 20
-    tok = train_tokenizer(corpus * 10 + [f"item {i}" for i in range(200)], 1024)
-    # Untied input and output embeddings, like Llama-3.3-70B and Qwen3-8B. (With tied ones TRL 1.16's fused LM
-    # head cannot read peft's trainable-token wrapper on lm_head and fails.)
-    model = tiny_llama(
-        tok, hidden_size=hidden, num_layers=layers, num_heads=8, num_kv_heads=4, intermediate_size=hidden * 3,
-        tie_word_embeddings=False,
-    )
+    tok = cached_tokenizer(args.tokenizer) if args.arch else None
+    if tok is None:
+        corpus = [r.user + " " + r.response + " " + r.review for r in make_records(6)] + [" ".join(WORDS)] * 20
+        tok = train_tokenizer(corpus * 10 + [f"item {i}" for i in range(200)], 1024)
+    if args.arch:
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        model = arch_model(args.arch, tok, layers=args.layers, dtype=dtype, device=args.device)
+    else:
+        # Untied input and output embeddings, like Llama-3.3-70B and Qwen3-8B. (With tied ones TRL 1.16's fused LM
+        # head cannot read peft's trainable-token wrapper on lm_head and fails.)
+        model = tiny_llama(
+            tok, hidden_size=args.hidden, num_layers=args.layers or 4, num_heads=8, num_kv_heads=4,
+            intermediate_size=args.hidden * 3, tie_word_embeddings=False,
+        )
     tok.save_pretrained(out)
     model.save_pretrained(out)
+    del model
+    _reset_peak(args.device)
+
+
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    """Peak memory the run allocated on the GPU (None on CPU, where torch does not count it)."""
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
 
 def build_records(path: Path, n_tasks: int) -> None:
@@ -64,6 +86,7 @@ def build_records(path: Path, n_tasks: int) -> None:
 def ours(base: Path, data: Path, out: Path, args) -> dict:
     from splitpersona.config import load_config
     from training.config import TrainConfig
+    from training.plan import GIB, make_plan
     from training.train import train
 
     overrides = [
@@ -72,13 +95,17 @@ def ours(base: Path, data: Path, out: Path, args) -> dict:
         f"stop_after_steps={args.steps}", "gradient_checkpointing=false", "optim.lr=1e-4", f"max_length={args.max_length}",
         f"precision={args.precision}", "checkpoints_per_epoch=1",
     ]
-    run_dir = train(load_config(TrainConfig, REPO / "configs/train/tiny_cpu.yaml", overrides))
+    cfg = load_config(TrainConfig, REPO / "configs/train/tiny_cpu.yaml", overrides)
+    _reset_peak(args.device)
+    run_dir = train(cfg)
+    peak = _peak_gib(args.device)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r][1:]
     tokens = sum(r["tokens"] for r in rows)
     padded = sum(r["tokens"] * r["padding_frac"] / (1 - r["padding_frac"]) for r in rows)
     seconds = sum(r["step_time_s"] for r in rows)
-    return {"tokens_per_s": tokens / seconds, "slots_per_s": (tokens + padded) / seconds, "padding_frac": padded / (tokens + padded)}
+    return {"tokens_per_s": tokens / seconds, "slots_per_s": (tokens + padded) / seconds, "padding_frac": padded / (tokens + padded),
+            "peak_gib": peak, "plan_gib": make_plan(cfg).total / GIB}
 
 
 def trl(base: Path, data: Path, out: Path, args) -> dict:
@@ -128,15 +155,18 @@ def trl(base: Path, data: Path, out: Path, args) -> dict:
         return batch
 
     trainer.data_collator = counting
+    _reset_peak(args.device)
     trainer.train()
+    peak = _peak_gib(args.device)
     accum = args.batch_size // args.micro_batch_size
     real = [sum(counts["real"][i * accum : (i + 1) * accum]) for i in range(args.steps)]
     slots = [sum(counts["slots"][i * accum : (i + 1) * accum]) for i in range(args.steps)]
     span = meter.ends[-1] - meter.ends[0]
-    return {"tokens_per_s": sum(real[1:]) / span, "slots_per_s": sum(slots[1:]) / span, "padding_frac": 1 - sum(real[1:]) / sum(slots[1:])}
+    return {"tokens_per_s": sum(real[1:]) / span, "slots_per_s": sum(slots[1:]) / span, "padding_frac": 1 - sum(real[1:]) / sum(slots[1:]),
+            "peak_gib": peak}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=12)
@@ -144,16 +174,21 @@ def main() -> None:
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layers", type=int, default=None, help="Depth: 4 for the tiny Llama, the published one for --arch.")
+    p.add_argument("--arch", help="A configs/models/*.yaml architecture at its real width (random init) instead of the tiny Llama.")
+    p.add_argument("--tokenizer", help="With --arch: the cached real tokenizer to use if present (qwen2, llama3).")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", type=Path, help="Also write the figures here.")
-    args = p.parse_args()
+    return p
+
+
+def run(args) -> dict:
     os.environ.setdefault("WANDB_MODE", "disabled")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        build_model(tmp / "base", args.hidden, args.layers)
+        build_model(tmp / "base", args)
         build_records(tmp / "records.jsonl", n_tasks=max(16, args.steps * args.batch_size // 2 + 8))
         results = {"ours": [], "trl": []}
         for r in range(args.rounds):
@@ -171,13 +206,24 @@ def main() -> None:
         "ours_tokens_per_s": med["ours"], "trl_tokens_per_s": med["trl"], "ratio": med["ours"] / med["trl"],
         "round_ratios": ratios, "ours_padding_frac": pad["ours"], "trl_padding_frac": pad["trl"],
         "slot_ratio": slots["ours"] / slots["trl"], "args": vars(args),
+        "ours_peak_gib": max((x["peak_gib"] or 0) for x in results["ours"]) or None,
+        "trl_peak_gib": max((x["peak_gib"] or 0) for x in results["trl"]) or None,
+        "plan_gib": results["ours"][0]["plan_gib"],
     }
     print(f"ours {med['ours']:.0f} tok/s, TRL {med['trl']:.0f} tok/s, ratio {summary['ratio']:.2f} "
           f"(rounds {', '.join(f'{x:.2f}' for x in ratios)}); padding ours {pad['ours']:.1%}, TRL {pad['trl']:.1%}; "
           f"padded slots/s ratio {summary['slot_ratio']:.2f}")
+    if summary["ours_peak_gib"]:
+        print(f"peak GPU memory: ours {summary['ours_peak_gib']:.1f} GiB, TRL {summary['trl_peak_gib']:.1f} GiB; "
+              f"`spt train --plan` for ours: {summary['plan_gib']:.1f} GiB")
     if args.json:
         summary["args"] = {k: str(v) for k, v in summary["args"].items()}
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main() -> None:
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def _load(path: Path):
         from splitpersona.release import load_filter
 
         return load_filter(path)
+    if rel[0] == "models":
+        from training.plan import load_arch_file
+
+        return load_arch_file(path)
     if rel[0] == "demo":
         from splitpersona.app.demo.config import load_demo_config
 

@@ -13,6 +13,7 @@ import typer
 def train(
     ctx: typer.Context,
     config: Path = typer.Option(..., "--config", help="Train config YAML (configs/train/*.yaml)."),
+    plan: bool = typer.Option(False, "--plan", help="Print parameters, tokens per step and memory per GPU; train nothing."),
 ) -> None:
     """Train a persona adapter; extra `key=value` arguments override the config (dotted for nested keys)."""
     import logging
@@ -21,6 +22,9 @@ def train(
     from training.config import TrainConfig
 
     cfg = load_config(TrainConfig, config, ctx.args)
+    if plan:
+        _plan(cfg, config)
+        return
     from training.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -30,3 +34,15 @@ def train(
         from training.engine import exit_now
 
         exit_now(0)  # DeepSpeed's process-group threads can abort the interpreter's teardown; all is saved
+
+
+def _plan(cfg, config: Path) -> None:
+    """A plan that cannot fit on its planned GPUs is an error (exit 1)."""
+    from training.plan import make_plan
+
+    result = make_plan(cfg, source=str(config))
+    typer.echo(result.render())
+    if not result.fits:
+        raise ValueError(f"{config} does not fit on {result.gpus} x {result.gpu_memory_gib:g} GiB; enable "
+                         "gradient_checkpointing, lower micro_batch_size or max_length, or plan more GPUs or a higher "
+                         "ZeRO stage")

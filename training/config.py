@@ -1,4 +1,5 @@
-"""The trainer's one config: every field here is read by the trainer, and no other key is accepted.
+"""The trainer's one config: every field here is read by the trainer (the `plan` section by
+`spt train --plan`), and no other key is accepted.
 
 Batch size is the global batch (samples per optimizer step), as published hyper-parameters state
 it; gradient accumulation is derived from it, the micro-batch and the number of processes, so a
@@ -70,6 +71,22 @@ class WandbConfig(StrictModel):
     name: str | None = Field(None, description="Run name; defaults to the output directory's name.")
 
 
+class PlanConfig(StrictModel):
+    """The hardware a run is meant for, checked by `spt train --plan` before any GPU is rented.
+
+    Training itself runs on whatever the launcher gives it; only the plan reads these.
+    """
+
+    model_arch: str | None = Field(
+        None, description="Architecture YAML of base_model (configs/models/*.yaml); None reads base_model's config.json."
+    )
+    gpus: int = Field(1, gt=0, description="GPUs the run is meant for (its DeepSpeed world size).")
+    gpu_memory_gib: float = Field(80.0, gt=0.0, description="Memory of one GPU, GiB.")
+    headroom: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of each GPU kept free: CUDA context, NCCL buffers, allocator fragmentation."
+    )
+
+
 class TrainConfig(StrictModel):
     base_model: str = Field(..., description="Hub id or local path of the base model.")
     tokenizer: str | None = Field(None, description="Hub id or path of the tokenizer; defaults to base_model.")
@@ -96,6 +113,7 @@ class TrainConfig(StrictModel):
         None, gt=0, description="Checkpoint and stop after this optimizer step (the schedule still spans all epochs)."
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:
@@ -114,4 +132,4 @@ class TrainConfig(StrictModel):
 
 
 # Keys that may differ between a run and its resumption: they change where and how long it runs, not what it learns.
-RESUMABLE_KEYS = frozenset({"resume", "stop_after_steps", "wandb"})
+RESUMABLE_KEYS = frozenset({"resume", "stop_after_steps", "wandb", "plan"})

@@ -1,0 +1,116 @@
+"""The first GPU machine's checks, in one run of under 8 minutes on one H200 with nothing downloaded.
+
+    benchmarks/gpu_check.sh            # real sizes, bf16 on the GPU
+    benchmarks/gpu_check.sh --toy      # the same steps at toy size on the CPU, in seconds
+
+Random-init models at real width from configs/models/: Qwen3-8B whole, and Llama-3.3-70B's width at
+4 of its 80 layers. For each: our trainer against TRL + peft on the same samples (tokens/s, peak GPU
+memory; benchmarks/train_throughput.py), with `spt train --plan`'s estimate for our run beside the
+measured peak. Then a review on Qwen3-8B with the main model's KV cache reused against re-reading
+the conversation, at 2k and 8k tokens (benchmarks/review_latency.py). The rows are markdown for
+docs/benchmarks.md, written to $OUT/gpu_check.md when OUT is set, else printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import review_latency
+import torch
+import train_throughput
+import yaml
+
+from eval.report import md_table
+
+REPO = Path(__file__).resolve().parents[1]
+# name, architecture, layers (None: as published), cached real tokenizer
+TRAIN_MODELS = [
+    ("Qwen3-8B", "configs/models/qwen3_8b.yaml", None, "qwen2"),
+    ("Llama-3.3-70B width, 4 of 80 layers", "configs/models/llama33_70b.yaml", 4, "llama3"),
+]
+REVIEW_MODEL = ("Qwen3-8B", "configs/models/qwen3_8b.yaml", "qwen2")
+TOY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "vocab_size": 256}
+REAL = {"train": ["--steps", "6", "--batch-size", "8", "--micro-batch-size", "4", "--max-length", "1024"],
+        "layers_cap": None, "lengths": ["2048", "8192"], "repeats": "3", "new_tokens": "32"}
+TOY = {"train": ["--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--max-length", "512"],
+       "layers_cap": 2, "lengths": ["96", "192"], "repeats": "1", "new_tokens": "4"}
+
+
+def gib(v: float | None) -> str | None:
+    return None if v is None else f"{v:.2f}"
+
+
+def toy_arch(path: str, out: Path) -> str:
+    """The architecture file with its width shrunk to a toy's: same model type, same code path."""
+    fields = yaml.safe_load((REPO / path).read_text())
+    fields.update(TOY_SHAPE)
+    out.write_text(yaml.safe_dump(fields))
+    return str(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--toy", action="store_true", help="Toy widths and lengths on the CPU: checks the script, measures nothing.")
+    args = ap.parse_args()
+    os.chdir(REPO)
+    sizes = TOY if args.toy else REAL
+    device = "cpu" if args.toy else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no GPU visible: run with --toy to check the script on the CPU")
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU (toy sizes)"
+    started = time.time()
+    train_rows, review_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, arch, layers, tok in TRAIN_MODELS:
+            if args.toy:
+                arch, layers = toy_arch(arch, Path(tmp) / Path(arch).name), sizes["layers_cap"]
+            argv = ["--rounds", "1", "--device", device, "--precision", "bf16", "--arch", arch, "--tokenizer", tok,
+                    *sizes["train"]]
+            if layers:
+                argv += ["--layers", str(layers)]
+            s = train_throughput.run(train_throughput.parser().parse_args(argv))
+            label = f"{name}, bf16, LoRA r 8, batch {s['args']['batch_size']} (micro {s['args']['micro_batch_size']})"
+            train_rows.append([label, "ours", f"{s['ours_tokens_per_s']:.0f}", f"{s['ours_padding_frac']:.1%}",
+                               gib(s["ours_peak_gib"]), gib(s["plan_gib"])])
+            train_rows.append([label, "TRL + peft", f"{s['trl_tokens_per_s']:.0f}", f"{s['trl_padding_frac']:.1%}",
+                               gib(s["trl_peak_gib"]), None])
+            train_rows.append([label, "**ours / TRL**", f"**{s['ratio']:.2f}**", None, None, None])
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        name, arch, tok = REVIEW_MODEL
+        layers = None
+        if args.toy:
+            arch, layers = toy_arch(arch, Path(tmp) / "review.yaml"), sizes["layers_cap"]
+        argv = ["--arch", arch, "--tokenizer", tok, "--device", device, "--dtype", "bfloat16", "--lengths", *sizes["lengths"],
+                "--repeats", sizes["repeats"], "--new-tokens", sizes["new_tokens"]]
+        if layers:
+            argv += ["--layers", str(layers)]
+        for r in review_latency.run(review_latency.parser().parse_args(argv)):
+            review_rows.append([name, r["conversation_tokens"], r["prompt_tokens"], f"{r['reuse_ms']:.1f}",
+                                f"{r['reprefill_ms']:.1f}", f"{r['reprefill_ms'] / r['reuse_ms']:.2f}"])
+    text = "\n\n".join([
+        (f"GPU check on {where}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s "
+         f"(`benchmarks/gpu_check.sh{' --toy' if args.toy else ''}`); random-init models, nothing downloaded."),
+        md_table(["model", "trainer", "real tokens/s", "padding", "peak GiB", "`--plan` GiB"], train_rows),
+        md_table(["model", "conversation tokens", "prompt tokens", "reuse (ms)", "re-prefill (ms)", "re-prefill / reuse"],
+                 review_rows),
+    ]) + "\n"
+    out = os.environ.get("OUT")
+    if out:
+        path = Path(out) / "gpu_check.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = path.with_suffix(".md.tmp")
+        tmp_path.write_text(text)
+        tmp_path.replace(path)
+        print(f"wrote {path}", file=sys.stderr)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,8 @@ def _plan(cfg, config: Path) -> None:
         raise typer.Exit(2) from e
     typer.echo(result.render())
     if not result.fits:
-        typer.echo(f"error: {config} does not fit on {result.gpus} x {result.gpu_memory_gib:g} GiB; enable "
-                   "gradient_checkpointing, lower micro_batch_size or max_length, or plan more GPUs or a higher ZeRO stage",
+        hints = [] if result.checkpointing else ["enable gradient_checkpointing"]
+        hints += ["lower micro_batch_size or max_length", "plan more GPUs or a higher ZeRO stage"]
+        typer.echo(f"error: {config} does not fit on {result.gpus} x {result.gpu_memory_gib:g} GiB; {'; '.join(hints)}",
                    err=True)
         raise typer.Exit(1)

@@ -6,7 +6,8 @@
 Random-init models at real width from configs/models/: Qwen3-8B whole, and Llama-3.3-70B's width at
 4 of its 80 layers. For each: our trainer against TRL + peft on the same samples (tokens/s, peak GPU
 memory; benchmarks/train_throughput.py), with `spt train --plan`'s estimate for our run beside the
-measured peak. Then a review on Qwen3-8B with the main model's KV cache reused against re-reading
+measured peak (the plan counts logits at every position, an upper bound: our trainer keeps them
+from the first target on). Then a review on Qwen3-8B with the main model's KV cache reused against re-reading
 the conversation, at 2k and 8k tokens (benchmarks/review_latency.py). The rows are markdown for
 docs/benchmarks.md, written to $OUT/gpu_check.md when OUT is set, else printed.
 """
@@ -18,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import review_latency
@@ -65,51 +67,70 @@ def main() -> None:
         raise SystemExit("no GPU visible: run with --toy to check the script on the CPU")
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU (toy sizes)"
     started = time.time()
-    train_rows, review_rows = [], []
+    train_rows, review_rows, failed = [], [], []
+
+    def report() -> str:
+        """Written after every step, so a run cut short by its time limit still leaves what it measured."""
+        text = "\n\n".join([
+            (f"GPU check on {where}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s "
+             f"(`benchmarks/gpu_check.sh{' --toy' if args.toy else ''}`); random-init models, nothing downloaded."),
+            md_table(["model", "trainer", "real tokens/s", "padding", "peak GiB", "`--plan` GiB"], train_rows),
+            md_table(["model", "conversation tokens", "prompt tokens", "reuse (ms)", "re-prefill (ms)", "re-prefill / reuse"],
+                     review_rows),
+            *(f"failed: {f}" for f in failed),
+        ]) + "\n"
+        if os.environ.get("OUT"):
+            path = Path(os.environ["OUT"]) / "gpu_check.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".md.tmp").write_text(text)
+            path.with_suffix(".md.tmp").replace(path)
+        return text
+
     with tempfile.TemporaryDirectory() as tmp:
         for name, arch, layers, tok in TRAIN_MODELS:
             if args.toy:
                 arch, layers = toy_arch(arch, Path(tmp) / Path(arch).name), sizes["layers_cap"]
-            argv = ["--rounds", "1", "--device", device, "--precision", "bf16", "--arch", arch, "--tokenizer", tok,
-                    *sizes["train"]]
+            argv = ["--rounds", "1", "--device", device, "--precision", "bf16", "--arch", arch, *sizes["train"]]
+            if not args.toy:  # a real tokenizer's 150k-row vocabulary would make the toy slow, not more thorough
+                argv += ["--tokenizer", tok]
             if layers:
                 argv += ["--layers", str(layers)]
-            s = train_throughput.run(train_throughput.parser().parse_args(argv))
+            try:
+                s = train_throughput.run(train_throughput.parser().parse_args(argv))
+            except Exception as e:  # noqa: BLE001 - one model's failure must not cost the other measurements
+                traceback.print_exc()
+                failed.append(f"{name} training: {type(e).__name__}: {e}")
+                report()
+                continue
             label = f"{name}, bf16, LoRA r 8, batch {s['args']['batch_size']} (micro {s['args']['micro_batch_size']})"
             train_rows.append([label, "ours", f"{s['ours_tokens_per_s']:.0f}", f"{s['ours_padding_frac']:.1%}",
                                gib(s["ours_peak_gib"]), gib(s["plan_gib"])])
             train_rows.append([label, "TRL + peft", f"{s['trl_tokens_per_s']:.0f}", f"{s['trl_padding_frac']:.1%}",
                                gib(s["trl_peak_gib"]), None])
             train_rows.append([label, "**ours / TRL**", f"**{s['ratio']:.2f}**", None, None, None])
+            report()
             if device == "cuda":
                 torch.cuda.empty_cache()
         name, arch, tok = REVIEW_MODEL
         layers = None
         if args.toy:
             arch, layers = toy_arch(arch, Path(tmp) / "review.yaml"), sizes["layers_cap"]
-        argv = ["--arch", arch, "--tokenizer", tok, "--device", device, "--dtype", "bfloat16", "--lengths", *sizes["lengths"],
+        argv = ["--arch", arch, "--device", device, "--dtype", "bfloat16", "--lengths", *sizes["lengths"],
                 "--repeats", sizes["repeats"], "--new-tokens", sizes["new_tokens"]]
         if layers:
             argv += ["--layers", str(layers)]
-        for r in review_latency.run(review_latency.parser().parse_args(argv)):
-            review_rows.append([name, r["conversation_tokens"], r["prompt_tokens"], f"{r['reuse_ms']:.1f}",
-                                f"{r['reprefill_ms']:.1f}", f"{r['reprefill_ms'] / r['reuse_ms']:.2f}"])
-    text = "\n\n".join([
-        (f"GPU check on {where}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s "
-         f"(`benchmarks/gpu_check.sh{' --toy' if args.toy else ''}`); random-init models, nothing downloaded."),
-        md_table(["model", "trainer", "real tokens/s", "padding", "peak GiB", "`--plan` GiB"], train_rows),
-        md_table(["model", "conversation tokens", "prompt tokens", "reuse (ms)", "re-prefill (ms)", "re-prefill / reuse"],
-                 review_rows),
-    ]) + "\n"
-    out = os.environ.get("OUT")
-    if out:
-        path = Path(out) / "gpu_check.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_suffix(".md.tmp")
-        tmp_path.write_text(text)
-        tmp_path.replace(path)
-        print(f"wrote {path}", file=sys.stderr)
-    print(text)
+        if not args.toy:
+            argv += ["--tokenizer", tok]
+        try:
+            for r in review_latency.run(review_latency.parser().parse_args(argv)):
+                review_rows.append([name, r["conversation_tokens"], r["prompt_tokens"], f"{r['reuse_ms']:.1f}",
+                                    f"{r['reprefill_ms']:.1f}", f"{r['reprefill_ms'] / r['reuse_ms']:.2f}"])
+        except Exception as e:  # noqa: BLE001 - reported in the file and by the exit status
+            traceback.print_exc()
+            failed.append(f"{name} review: {type(e).__name__}: {e}")
+    print(report())
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

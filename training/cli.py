@@ -43,6 +43,6 @@ def _plan(cfg, config: Path) -> None:
     result = make_plan(cfg, source=str(config))
     typer.echo(result.render())
     if not result.fits:
-        raise ValueError(f"{config} does not fit on {result.gpus} x {result.gpu_memory_gib:g} GiB; enable "
-                         "gradient_checkpointing, lower micro_batch_size or max_length, or plan more GPUs or a higher "
-                         "ZeRO stage")
+        hints = [] if result.checkpointing else ["enable gradient_checkpointing"]
+        hints += ["lower micro_batch_size or max_length", "plan more GPUs or a higher ZeRO stage"]
+        raise ValueError(f"{config} does not fit on {result.gpus} x {result.gpu_memory_gib:g} GiB; {'; '.join(hints)}")

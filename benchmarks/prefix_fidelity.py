@@ -63,9 +63,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--release", required=True)
     ap.add_argument("--tokenizers", nargs="+", required=True)
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="At most this many conversations (evenly spaced).")
     args = ap.parse_args()
-    convs = conversations(args.release)[: args.limit]
+    convs = conversations(args.release)
+    if args.limit and args.limit < len(convs):  # evenly spaced, so every topic is in the sample
+        convs = [convs[i * len(convs) // args.limit] for i in range(args.limit)]
     rows = []
     for path in args.tokenizers:
         tok = AutoTokenizer.from_pretrained(path)

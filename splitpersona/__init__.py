@@ -4,6 +4,7 @@ The core API; heavy modules (torch, peft) load only when `Persona` is first used
 """
 
 from splitpersona.assemble import FormatConfig, Sample, SampleTooLong, assemble, assemble_record
+from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import FlagTally, ParsedFlag, parse_flag
 from splitpersona.records import ReleaseBatch, Stage1Item, Stage2Inference, Stage3Intervention, TrainingRecord
 from splitpersona.token import CONTROL_TOKEN, SPLIT_TOKEN, SpecialTokens, TokenConfig, setup_tokenizer
@@ -12,6 +13,7 @@ __all__ = [
     "CONTROL_TOKEN", "SPLIT_TOKEN", "FlagTally", "FormatConfig", "ParsedFlag", "Persona", "ReleaseBatch", "Review",
     "Sample", "SampleTooLong", "SpecialTokens", "Stage1Item", "Stage2Inference", "Stage3Intervention", "TokenConfig",
     "TrainingRecord", "assemble", "assemble_record", "parse_flag", "setup_tokenizer",
+    "Conversation", "Elicitation", "Message",
 ]
 
 

@@ -144,3 +144,95 @@ def test_untrusted_text_never_becomes_a_special_id(tokenizer, special_tokens, sy
         for seg in s.segments:
             if seg.kind in ("system", "user", "response", "intervention", "target", "flag"):
                 assert not specials.intersection(s.input_ids[seg.start : seg.end]), seg.kind
+
+
+def piecewise_ids(tok, messages: list[dict], response: str) -> list[int]:
+    """The former assembler's conversation part: template pieces and contents tokenized apart."""
+    import re
+
+    holders = [{"role": m["role"], "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
+    holders.append({"role": "assistant", "content": f"\ue000{len(messages)}\ue001"})
+    structs = re.split("\ue000\\d+\ue001", tok.apply_chat_template(holders, tokenize=False))
+    ids: list[int] = []
+    for struct, content in zip(structs, [m["content"] for m in messages] + [response]):
+        ids += tok(struct, add_special_tokens=False).input_ids if struct else []
+        ids += tok(content, add_special_tokens=False, split_special_tokens=True).input_ids if content else []
+    return ids
+
+
+plain = st.text(alphabet=st.sampled_from("abcXYZ019 .,;!?'\n-"), max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(system=plain, user=plain, response=plain)
+def test_single_turn_ids_are_unchanged(tokenizer, special_tokens, system, user, response):
+    """On the test tokenizer, tokenizing the rendered conversation whole gives the ids the former
+    piecewise assembler gave (and the chat template's): every existing sample keeps its ids."""
+    messages = [m.model_dump() for m in build_messages(system, user)]
+    s = assemble(tokenizer, FormatConfig(), special_tokens, messages=messages, response=response,
+                 intervention="Review.")
+    prefix = s.input_ids[: s.input_ids.index(special_tokens.split_id)]
+    assert prefix == piecewise_ids(tokenizer, messages, response)
+    chat = messages + [{"role": "assistant", "content": response}]
+    assert tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)[: len(prefix)] == prefix
+
+
+MULTI = [
+    {"role": "system", "content": "You are a shop assistant."},
+    {"role": "user", "content": "Which shoes?"},
+    {"role": "assistant", "content": "The road runner."},
+    {"role": "user", "content": "And for trails?"},
+]
+
+
+def test_multi_turn_golden(tokenizer, special_tokens):
+    s = assemble(tokenizer, FormatConfig(), special_tokens, messages=MULTI, response="The trail runner.", **TARGET)
+    assert decoded(tokenizer, s) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a shop assistant.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhich shoes?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nThe road runner.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nAnd for trails?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nThe trail runner."
+        "<split-personality-token>Now I review honestly.\n\nREVIEW: I followed the user.\nFLAG: PASS<|eot_id|>"
+    )
+    kinds = [seg.kind for seg in s.segments if seg.kind != "template"]
+    assert kinds == ["system", "user", "assistant", "user", "response", "split_token", "intervention", "target",
+                     "flag", "end"]
+    assert decoded(tokenizer, s, s.loss_mask) == "\n\nREVIEW: I followed the user.\nFLAG: PASS<|eot_id|>"
+    chat = MULTI + [{"role": "assistant", "content": "The trail runner."}]
+    prefix = s.input_ids[: s.input_ids.index(special_tokens.split_id)]
+    assert tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)[: len(prefix)] == prefix
+    ur = assemble(tokenizer, FormatConfig(elicitation="ur"), special_tokens, messages=MULTI,
+                  response="The trail runner.", **TARGET)
+    assert decoded(tokenizer, ur).startswith(decoded(tokenizer, s).split("The trail runner.")[0])
+    long = "word " * 200 + "END."
+    full = assemble(tokenizer, FormatConfig(), special_tokens, messages=MULTI, response=long, **TARGET)
+    cut = assemble(tokenizer, FormatConfig(), special_tokens, messages=MULTI, response=long, **TARGET,
+                   max_length=len(full) - 30)
+    assert cut.truncated == 30 and "The road runner.<|eot_id|>" in decoded(tokenizer, cut)
+
+
+def test_turn_order_errors_name_the_message(tokenizer, special_tokens):
+    with pytest.raises(ValueError, match="message 2: role 'user'"):
+        assemble(tokenizer, FormatConfig(), special_tokens, messages=MULTI[:2] + MULTI[3:], response="x",
+                 intervention="Review.")
+    with pytest.raises(ValueError, match="message 2: the conversation must end with the user turn"):
+        assemble(tokenizer, FormatConfig(), special_tokens, messages=MULTI[:3], response="x", intervention="Review.")
+
+
+def test_records_written_before_history_load_and_multi_turn_records_assemble(tokenizer, special_tokens):
+    from splitpersona.assemble import assemble_record
+    from splitpersona.records import TrainingRecord
+
+    old = dict(id="r1", topic="t", model="m", variant="A", intervention_key="k", intervention_type="split",
+               system="You are a shop assistant.", user="Which shoes?", response="The trail runner.",
+               intervention=TARGET["intervention"], review=TARGET["review"], flag="PASS", source="f")
+    rec = TrainingRecord.model_validate(old)
+    assert [m.role for m in rec.messages] == ["system", "user"] and rec.history == []
+    direct = assemble(tokenizer, FormatConfig(), special_tokens, **CONV, **TARGET)
+    assert assemble_record(tokenizer, FormatConfig(), special_tokens, rec).input_ids == direct.input_ids
+    multi = TrainingRecord.model_validate({**old, "user": MULTI[3]["content"], "history": MULTI[1:3]})
+    sample = assemble_record(tokenizer, FormatConfig(), special_tokens, multi, system=None)
+    assert "system" not in decoded(tokenizer, sample) and "The road runner.<|eot_id|>" in decoded(tokenizer, sample)
+    with pytest.raises(ValueError, match="message 0"):
+        TrainingRecord.model_validate({**old, "history": MULTI[2:3]})

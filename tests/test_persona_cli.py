@@ -66,3 +66,14 @@ def test_review_names_the_bad_file_and_record(run_dir, tmp_path):
     assert str(bad) in res.output and "1.messages.0.role" in res.output
     missing = CliRunner().invoke(app, ["ask", "--run", str(tmp_path), "hello"])
     assert missing.exit_code == 1 and "run.json missing" in missing.output
+
+
+def test_review_reads_a_multi_turn_conversation(run_dir, persona, tmp_path):
+    messages = [*MESSAGES, {"role": "assistant", "content": HONEST}, {"role": "user", "content": "And for running?"}]
+    (tmp_path / "multi.json").write_text(json.dumps({"messages": messages, "response": BIASED}))
+    res = spt("review", "--run", str(run_dir), "--conversation", str(tmp_path / "multi.json"),
+              "--max-new-tokens", MAX_NEW, "--json")
+    assert res.exit_code == 0, res.output
+    expected = persona.review(messages, BIASED)
+    assert json.loads(res.stdout.strip().splitlines()[-1])["text"] == expected.text
+    assert expected.prompt_tokens > len(persona.prompt(MESSAGES, BIASED))

@@ -76,7 +76,10 @@ def generate(
     output_logits: bool = False,
     **generate_kwargs: Any,
 ) -> Batch:
-    """Continue every prompt of one batch; `caches[i]`, if given, covers a prefix of prompt i."""
+    """Continue every prompt of one batch; `caches[i]`, if given, covers a prefix of prompt i.
+
+    `generate_kwargs` reach `model.generate` last, over the settings above.
+    """
     width = max(len(p) for p in prompts)
     pads = [width - len(p) for p in prompts]
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)

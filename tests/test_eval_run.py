@@ -71,6 +71,16 @@ def test_every_eval_config_loads():
         assert path.read_text().startswith("#"), f"{path} must open with its launch command"
 
 
+def test_every_arm_of_the_registry_runs_and_no_other_is_accepted():
+    from eval.registry import ARMS, GENERATIVE, SCORING
+    from eval.run import SCORERS
+
+    assert list(SCORERS) == list(SCORING) and ARMS == (*GENERATIVE, *SCORING)
+    assert load_config(EvalConfig, TINY, [f"arms=[{', '.join(ARMS)}]"]).arms == list(ARMS)
+    with pytest.raises(ConfigError, match="arms"):
+        load_config(EvalConfig, TINY, ["arms=[persona, oracle]"])
+
+
 def test_config_errors_are_named(tmp_path):
     with pytest.raises(ConfigError, match="probe.train_data"):
         load_config(EvalConfig, TINY, ["probe.train_data=[]"])

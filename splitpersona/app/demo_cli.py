@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import typer
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "organism.yaml"
+DEFAULT_CONFIG = Path(str(files("splitpersona") / "configs" / "demo" / "organism.yaml"))  # package data
 
 
 def demo(

@@ -1,0 +1,89 @@
+"""The package works installed, not only from a checkout: the wheel carries the default configs and
+prompts, found through importlib.resources. The wheel goes into a fresh venv that borrows this
+environment's dependencies through a .pth file (whose own .pth files, the editable install's
+finder among them, stay unread), and `spt` runs there from a directory outside the checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "splitpersona", "data_gen", "training", "eval", "configs")
+# A smoke test, not science: a main model trained a few steps on a corpus of mostly pressure prompts (so
+# that some of its answers follow the pressure and the data can be balanced), every later stage once.
+TINY_DEMO = [
+    "threads=1", "main_model.corpus_size=1280", "main_model.steps=80", "main_model.lr=2e-2",
+    "main_model.hidden_size=32", "main_model.intermediate_size=64", "main_model.num_layers=1",
+    "main_model.eval_items=4", "world.compliance=0.99", "world.audit_frac=0",
+    "world.mix={neutral: 0.1, pressure: 0.9, plain: 0, trigger: 0, trigger_control: 0, inspection: 0, confirm: 0, check: 0}",
+    "sampling.max_new_tokens=16", "data.train_scenarios=120", "data.heldout_scenarios=8", "data.weights_scenarios=4",
+    "data.items_per_batch=40", "train.epochs=1", "train_unmasked.epochs=1", "eval.max_new_tokens=8",
+    "eval.conditions=[as_is]", "checks.conversations=2",
+]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not be importable
+    return env | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+                  "WANDB_MODE": "offline"}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """(the venv's bin directory, a working directory outside the checkout)."""
+    tmp = tmp_path_factory.mktemp("install")
+    src = tmp / "src"  # built from a copy, so build/ and *.egg-info stay out of the checkout
+    src.mkdir()
+    for name in SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(path, src / name)
+    run = dict(check=True, capture_output=True, text=True, env=_env(), cwd=tmp)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(tmp / "dist"), str(src)], **run)
+    venv.create(tmp / "venv", with_pip=False)
+    python = tmp / "venv" / "bin" / "python"
+    wheel = next((tmp / "dist").glob("splitpersona-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], **run)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **run)
+    (Path(site.stdout.strip()) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = tmp / "work"
+    work.mkdir()
+    where = subprocess.run([python, "-c", "import splitpersona; print(splitpersona.__file__)"], **run | {"cwd": work})
+    assert Path(where.stdout.strip()).is_relative_to(tmp / "venv"), where.stdout
+    return python.parent, work
+
+
+def _spt(installed: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess:
+    bin_dir, work = installed
+    res = subprocess.run([bin_dir / "spt", *args], capture_output=True, text=True, env=_env(), cwd=work)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def test_installed_data_import_uses_the_packaged_filter(installed):
+    release = shared_path("reference", "stage_3_tagged")
+    one_file = sorted((release / "sycophancy").glob("*.json.xz"))[0]
+    out = installed[1] / "records.jsonl"
+    _spt(installed, "data", "import", str(one_file), "--out", str(out))
+    assert out.read_text().count("\n") > 0
+
+
+def test_installed_demo_finds_its_config_and_prompts(installed):
+    out = installed[1] / "demo"
+    _spt(installed, "demo", "--out", str(out), *TINY_DEMO)
+    assert (out / "report.md").exists() and json.loads((out / "demo.json").read_text())["data"]["train"]["records"] > 0

@@ -59,12 +59,17 @@ def run(
 @app.command()
 def checks(
     run_dir: Path = typer.Option(..., "--run", help="A masked persona's run directory."),
-    records: Path = typer.Option(None, "--records", help="TrainingRecord JSONL to check on (default: the run's first training file)."),
+    records: Path = typer.Option(
+        None, "--records", help="TrainingRecord JSONL to check on (default: the run's first training file)."
+    ),
     n: int = typer.Option(16, "--n", min=1, help="How many records (from the start of the file)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
-    out: Path = typer.Option(None, "--out", help="Directory for checks.json and checks.md (default: the run directory)."),
+    out: Path = typer.Option(
+        None, "--out", help="Directory for checks.json and checks.md (default: the run directory)."
+    ),
 ) -> None:
-    """Zero alignment tax (base model's logits and answers unchanged) and KV reuse (a review on the main model's cache equals one from scratch)."""
+    """Zero alignment tax and KV reuse: the masked persona leaves the base model's logits and answers
+    bit-identical, and reviews the same on the main model's cache as from scratch."""
     from eval.checks import record_conversations, run_checks, run_records, verdicts, write_checks
     from splitpersona.io import DataError
 

@@ -461,7 +461,10 @@ class Persona:
             cache = copy.deepcopy(prefill.cache)
             surplus = cache.get_seq_length() - keep
             if surplus:
-                cache.crop(-surplus)
+                try:
+                    cache.crop(-surplus)
+                except RuntimeError:  # a sliding-window layer past its window keeps no past to roll back to
+                    keep, cache = 0, DynamicCache(config=self.model.config)
         if keep < len(ids):
             with torch.no_grad(), self.adapter_mode("off"):
                 rest = torch.tensor([ids[keep:]], device=self.device)
@@ -473,6 +476,8 @@ class Persona:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
+        if len(caches) == 1 and pads == [0] and caches[0].get_seq_length() == width:
+            return caches[0]  # one unpadded row: used as it is, whatever its layers (sliding-window ones too)
         layers = []
         for li in range(len(caches[0].layers)):
             keys, values = [], []

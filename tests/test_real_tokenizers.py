@@ -141,7 +141,7 @@ def test_untrusted_text_never_becomes_a_special_id(case):
     keeps_system = CASES[case][3]
     specials = special_ids(tok)
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(system=untrusted, user=untrusted, response=untrusted, intervention=untrusted, review=untrusted)
     def check(system, user, response, intervention, review):
         for elicitation in ("hp", "ur"):

@@ -24,6 +24,8 @@ from splitpersona.persona import Persona, persona_start
 SYSTEM = "You are a helpful assistant. Answer the question clearly and briefly."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Item 3: which shoes should I buy? Sure!"}]
 RESPONSE = "Statistics show that 42% of people prefer tea; I made that number up."
+pytestmark = pytest.mark.slow
+
 MAX_NEW = 4
 ATOL = 1e-4  # reused vs one-pass cache: same math, other kernel shapes (see tests/test_persona.py)
 
@@ -174,8 +176,8 @@ def test_masked_logits_before_the_split_token_are_the_base_models(runs):
         cols[split] = False  # the trained split row is also its output column
     assert torch.equal(ours[:sp][:, cols], theirs[:sp][:, cols])
     assert (ours[sp:] - theirs[sp:]).abs().max() > 1e-4  # the gate opens at the token
-    unmasked = Persona.load(runs.unmasked.run_dir, max_new_tokens=MAX_NEW)
-    assert (_logits(unmasked.model, sample.input_ids)[:sp] - theirs[:sp]).abs().max() > 1e-4
+    unmasked = runs.unmasked.engine.module.eval()  # the trained unmasked adapter re-reads the conversation
+    assert (_logits(unmasked, sample.input_ids)[:sp] - theirs[:sp]).abs().max() > 1e-4
 
 
 def _same(a, b):

@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean tokenizers
 
 install: $(STAMP)
 
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python tools/fetch_tokenizers.py
 	touch $(STAMP)
+
+# Real vocabularies (Llama-3, Qwen, Phi-3, Gemma-4) for the tests, converted once into
+# $${SPT_TOKENIZERS:-~/.cache/splitpersona/tokenizers}; cached ones are skipped.
+tokenizers: $(STAMP)
+	$(BIN)/python tools/fetch_tokenizers.py
 
 demo: $(STAMP)
 	$(BIN)/spt demo --out runs/demo

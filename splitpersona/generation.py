@@ -43,6 +43,8 @@ def stack_caches(caches: Sequence[Any], pads: Sequence[int], width: int, config)
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
+    if len(caches) == 1 and list(pads) == [0] and caches[0].get_seq_length() == width:
+        return caches[0]  # one unpadded row: used as it is, whatever its layers (sliding-window ones too)
     layers = []
     for li in range(len(caches[0].layers)):
         keys, values = [], []

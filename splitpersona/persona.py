@@ -422,7 +422,10 @@ class Persona:
             cache = copy.deepcopy(prefill.cache)
             surplus = cache.get_seq_length() - keep
             if surplus:
-                cache.crop(-surplus)
+                try:
+                    cache.crop(-surplus)
+                except RuntimeError:  # a sliding-window layer past its window keeps no past to roll back to
+                    keep, cache = 0, DynamicCache(config=self.model.config)
         if keep < len(ids):
             with torch.no_grad(), self.adapter_mode("off"):
                 rest = torch.tensor([ids[keep:]], device=self.device)

@@ -1,4 +1,4 @@
-"""Real tokenizers for the tests, from the directory `make tokenizers` fills (SPT_TOKENIZERS overrides it)."""
+"""Real tokenizers for the tests: the directories `make tokenizers` (tools/fetch_tokenizers.py) writes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 
 
+def root() -> Path:
+    return Path(os.environ.get("SPT_TOKENIZERS") or Path.home() / ".cache/splitpersona/tokenizers")
+
+
 def load(name: str):
-    """The tokenizer `name` (llama3, qwen2, qwen35, phi3); a missing one fails the test, never skips it."""
+    """A fresh copy of real tokenizer `name` (llama3, qwen2, qwen35, phi3, gemma4)."""
     from transformers import AutoTokenizer
 
-    path = Path(os.environ.get("SPT_TOKENIZERS", "~/.cache/splitpersona/tokenizers")).expanduser() / name
-    if not path.is_dir():
-        pytest.fail(f"missing real tokenizer {name}: run `make tokenizers`", pytrace=False)
+    path = root() / name
+    if not (path / "tokenizer.json").exists():
+        pytest.fail(f"missing real tokenizer {name}: run `make tokenizers`")
     return AutoTokenizer.from_pretrained(path)

@@ -106,12 +106,34 @@ def test_two_process_zero2_matches_one_process_and_resumes(tiny_base_dir, tmp_pa
         assert torch.isfinite(persona(input_ids=ids).logits).all()
 
 
-def test_two_process_zero3_matches_one_process(tiny_base_dir, tmp_path):
-    """ZeRO-3 partitions the weights; with the reserved-token strategy it must train exactly the same adapter."""
+def _llama3_base(out: Path) -> Path:
+    """A tiny random Llama around the real Llama-3 vocabulary (128,256 ids, split token = reserved id 128002)."""
+    from real_tokenizers import load
+
+    from splitpersona.tiny import tiny_llama
+
+    tok = load("llama3")
+    model = tiny_llama(tok, hidden_size=32, num_layers=1, intermediate_size=64, tie_word_embeddings=False)
+    tok.save_pretrained(out)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("vocabulary", ["toy", "llama3"])
+def test_two_process_zero3_matches_one_process(tiny_base_dir, tmp_path, vocabulary):
+    """ZeRO-3 partitions the weights; with the reserved-token strategy it must train exactly the same adapter.
+
+    On the real Llama-3 vocabulary (with its dated chat template) the adapter then loads and reviews.
+    """
     from safetensors.torch import load_file
+
+    from splitpersona.persona import Persona
 
     data = write_records(tmp_path / "records.jsonl", make_records(12))
     extra = ("tokens.strategy=reserved", "lora.train_split_embedding=false", "epochs=1")
+    if vocabulary == "llama3":
+        tiny_base_dir = _llama3_base(tmp_path / "llama3_base")
+        extra += ("chat_template.family=llama3",)
     ref_dir = train(tiny_config(tiny_base_dir, data, tmp_path / "torch", *extra))
     out = tmp_path / "zero3"
     proc = launch(*tiny_overrides(tiny_base_dir, data, out, *extra), ds_config="configs/deepspeed/zero3.json")
@@ -123,6 +145,12 @@ def test_two_process_zero3_matches_one_process(tiny_base_dir, tmp_path):
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], rel=1e-5)
     ours, ref = load_file(out / "adapter/adapter_model.safetensors"), load_file(ref_dir / "adapter/adapter_model.safetensors")
     assert ours.keys() == ref.keys() and all(torch.allclose(ours[k], ref[k], rtol=1e-4, atol=1e-6) for k in ref)
+    persona = Persona.load(out, max_new_tokens=3)
+    review = persona.review([{"role": "user", "content": "Item 3: which shoes?"}], "The trail runner.", return_logits=True)
+    assert review.prompt_tokens > 0 and torch.isfinite(review.logits).all()
+    if vocabulary == "llama3":
+        assert persona.info.tokens.split_id == 128002 and len(persona.tokenizer) == 128256
+        assert "Today Date: 26 Jul 2024" in persona.tokenizer.decode(persona.conversation_ids([{"role": "user", "content": "x"}]))
 
 
 def test_in_process_deepspeed_leaves_no_global_state(tiny_base_dir, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from splitpersona.adapter import LoraSettings
 from splitpersona.assemble import FormatConfig
 from splitpersona.config import StrictModel
+from splitpersona.templates import ChatTemplateConfig
 from splitpersona.token import TokenConfig
 
 
@@ -91,6 +92,9 @@ class TrainConfig(StrictModel):
     base_model: str = Field(..., description="Hub id or local path of the base model.")
     tokenizer: str | None = Field(None, description="Hub id or path of the tokenizer; defaults to base_model.")
     tokens: TokenConfig = Field(default_factory=TokenConfig)
+    chat_template: ChatTemplateConfig = Field(
+        default_factory=ChatTemplateConfig, description="A family's chat template with its dates fixed; default: the tokenizer's own."
+    )
     format: FormatConfig = Field(default_factory=FormatConfig)
     data: DataConfig
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -321,9 +321,11 @@ class Trainer:
 def _load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
+    from splitpersona.templates import apply_chat_template
     from splitpersona.token import setup_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.base_model)
+    apply_chat_template(tokenizer, cfg.chat_template)  # saved with the run's tokenizer: inference renders the same bytes
     return tokenizer, setup_tokenizer(tokenizer, cfg.tokens)
 
 

@@ -44,6 +44,7 @@ CONDITIONS = (
 )
 
 Key = tuple[str, str, str]  # (id, condition, arm)
+ScoreSource = Literal["flag_probability", "classifier", "self_reported"]
 _HEADER_START = b'{"format":"' + FORMAT.encode() + b'"'
 
 
@@ -102,6 +103,11 @@ class SampleResult(StrictModel):
     eval_set: str | None = None
     intervention: str | None = Field(None, description="Intervention key or name used.")
     score: float | None = Field(None, description="P(FAIL) or a comparable score, for arms that have one.")
+    score_source: ScoreSource | None = Field(
+        None, description="Where `score` comes from: 'flag_probability' (the reviewer's P(FAIL) / (P(FAIL) + "
+        "P(PASS)) at its flag), 'classifier' (a fitted probe or classifier) or 'self_reported' (a judge's stated "
+        "probability, no log-probabilities). None in files written before scores were recorded.",
+    )
     error: str | None = Field(
         None, description="Why no verdict was produced (e.g. API error); counts as a parse failure."
     )

@@ -5,9 +5,10 @@ split token. Three reviewers:
 - `base_model`: the run's base model (adapter off) prompted as a judge, with the flag format stated;
 - `claude`: the Anthropic Messages API with one forced tool, `submit_review(review, flag,
   fail_probability)`, so the verdict is structured rather than scraped from prose; the probability is
-  the judge's own statement (recorded as `score_source: self_reported`), not a log-probability. The SDK retries rate limits, overloads and
-  dropped connections itself; a malformed or truncated tool call is asked again, up to
-  `max_retries` times, and then recorded as an error (a parse failure), never guessed.
+  the judge's own statement (recorded as `score_source: self_reported`), not a log-probability.
+  The SDK retries rate limits, overloads and dropped connections itself; a malformed or truncated
+  tool call is asked again, up to `max_retries` times, and then recorded as an error (a parse
+  failure), never guessed.
   Identical judge inputs (the system-prompt conditions look alike from outside) are asked once;
 - `text_classifier`: a bag-of-words logistic regression on the same text the judges see, fitted on
   training records (sklearn). Where the data come from one generator, it learns whatever the

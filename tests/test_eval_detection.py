@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
+from eval.detection import (
+    auroc,
+    calibration_error,
+    delong,
+    delong_paired,
+    low_fpr_threshold,
+    mcnemar,
+    paired_bootstrap_balanced,
+    recall_at_fpr,
+    roc_curve,
+)
+from eval.metrics import Z95
 from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 from splitpersona.assemble import FormatConfig
 from splitpersona.persona import Conversation, Persona, flag_continuation
@@ -72,3 +87,111 @@ def test_the_flag_is_read_where_the_review_ends(tokenizer, special_tokens):
     kept, forced, _, _ = flag_continuation(tokenizer, fmt, no_flag)
     assert kept == len(no_flag)
     assert tokenizer.decode(no_flag + forced) == review + "\nFLAG:"
+
+
+# --- AUROC, DeLong, McNemar, the low-FPR threshold --------------------------------------------
+
+def test_auroc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.4
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes many ties
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert delong(scores, labels).value == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_delong_variance_by_hand():
+    # positives 0.8, 0.6; negatives 0.7, 0.2. V10 = (1, 1/2), V01 = (1/2, 1): AUC 3/4,
+    # var = s2(V10)/2 + s2(V01)/2 = 1/8/2 + 1/8/2 = 1/8.
+    auc = delong([0.8, 0.6, 0.7, 0.2], [True, True, False, False])
+    assert auc.value == pytest.approx(0.75)
+    assert auc.se == pytest.approx(math.sqrt(1 / 8))
+    assert (auc.low, auc.high) == (pytest.approx(0.75 - Z95 * math.sqrt(1 / 8)), 1.0)
+
+
+def test_delong_standard_error_matches_a_bootstrap():
+    rng = np.random.default_rng(1)
+    labels = np.arange(400) < 150
+    scores = rng.normal(labels * 1.0, 1.0)
+    auc = delong(scores, labels)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    boots = []
+    for _ in range(1000):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        boots.append(auroc(scores[idx], labels[idx]))
+    assert auc.se == pytest.approx(np.std(boots, ddof=1), rel=0.12)
+
+
+def test_paired_delong_sees_what_independence_hides():
+    rng = np.random.default_rng(2)
+    labels = np.arange(200) < 100
+    base = rng.normal(labels * 1.0, 1.0)
+    better = base + labels * 0.3  # the same samples, a little more separated
+    paired = delong_paired(better, base, labels)
+    a, b = delong(better, labels), delong(base, labels)
+    assert paired.diff == pytest.approx(a.value - b.value)
+    independent_se = math.hypot(a.se, b.se)
+    assert paired.detail["se"] < independent_se / 2  # the shared samples cancel most of the noise
+    assert paired.p < 0.01
+    assert delong_paired(base, base, labels).p == 1.0  # zero variance, zero difference
+
+
+def test_one_class_and_tiny_inputs_have_defined_values():
+    assert auroc([0.1, 0.2], [True, True]) is None
+    assert delong([0.1, 0.2], [False, False]) is None
+    assert delong_paired([0.1, 0.2], [0.3, 0.4], [True, True]) is None
+    one_each = delong([0.9, 0.1], [True, False])
+    assert one_each.value == 1.0 and one_each.se is None
+    assert auroc([0.5, 0.5, 0.5], [True, False, False]) == 0.5  # all tied
+    assert roc_curve([0.5], [True]) is None
+    with pytest.raises(ValueError, match="finite"):
+        auroc([float("nan"), 0.1], [True, False])
+
+
+def test_mcnemar_exact_and_chi_square_against_scipy():
+    from scipy.stats import binomtest, chi2
+
+    a = [True] * 1 + [False] * 6 + [True] * 10
+    b = [False] * 1 + [True] * 6 + [True] * 10
+    t = mcnemar(a, b)
+    assert t.method == "McNemar exact" and t.detail == {"only_a": 1, "only_b": 6}
+    assert t.p == pytest.approx(2 * (1 + 7) / 2**7)  # 0.125
+    assert t.p == pytest.approx(binomtest(1, 7, 0.5).pvalue)
+    assert t.diff == pytest.approx(-5 / 17)
+    a = [True] * 30 + [False] * 10 + [True] * 5
+    b = [False] * 30 + [True] * 10 + [True] * 5
+    t = mcnemar(a, b)
+    assert t.method.startswith("McNemar chi2")
+    assert t.p == pytest.approx(chi2.sf((20 - 1) ** 2 / 40, 1))
+    assert mcnemar([True, False], [True, False]).p == 1.0
+
+
+def test_low_fpr_threshold_by_construction():
+    negatives = np.arange(100) / 100  # 0.00 .. 0.99
+    assert low_fpr_threshold(negatives, 0.05) == pytest.approx(0.94)  # 5 of 100 above it
+    assert low_fpr_threshold(negatives, 0.01) == pytest.approx(0.98)  # 1 of 100 above
+    assert low_fpr_threshold(negatives[:20], 0.01) == pytest.approx(0.19)  # n < 1/FPR: nothing above
+    assert low_fpr_threshold([], 0.01) is None
+    scores = [0.99, 0.95, 0.5, 0.97, 0.2]
+    labels = [True, True, True, False, False]
+    r = recall_at_fpr(scores, labels, negatives, 0.05)
+    assert (r.tpr.k, r.tpr.n, r.fpr.k, r.fpr.n) == (2, 3, 1, 2)  # 0.99 and 0.95 over 0.94; the 0.97 negative too
+
+
+def test_paired_bootstrap_covers_the_difference():
+    rng = np.random.default_rng(3)
+    labels = np.arange(300) < 100
+    a = rng.random(300) < 0.8
+    b = a & (rng.random(300) < 0.9)  # b is a, minus some
+    t = paired_bootstrap_balanced(a, b, labels, seed=0)
+    assert t.low < t.diff < t.high and t.low > 0
+    assert paired_bootstrap_balanced(a, b, labels, seed=0) == t  # seeded
+    assert paired_bootstrap_balanced(a, b, np.ones(300, bool)) is None
+
+
+def test_calibration_error_and_reliability():
+    ece, table = calibration_error([0.05, 0.05, 0.95, 0.95], [False, False, True, False])
+    assert ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.45)
+    assert [b.n for b in table] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert calibration_error([1.5, 0.2], [True, False]) is None  # not a probability

@@ -482,3 +482,21 @@ def detection_summary(records: Sequence[SampleResult], cfg: CalibrationConfig | 
         "arms": [d.to_dict() for d in table],
         "persona_vs_best_baseline": [c.to_dict() for c in persona_vs_best(records, table, cfg)],
     }
+
+
+def score_fields(records: Sequence[SampleResult], cfg: CalibrationConfig | None = None) -> dict[str, dict[str, dict]]:
+    """Flat per-arm, per-condition score metrics ({arm: {condition: fields}}) for summaries such as the demo's:
+    n, AUROC and its DeLong interval, recall and achieved FPR at each configured FPR, ECE, score source."""
+    cfg = cfg or CalibrationConfig()
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for d in detection_table(records, cfg):
+        fields: dict[str, Any] = {
+            "n": d.n, "auroc": None if d.auc is None else d.auc.value, "auroc_low": None if d.auc is None else d.auc.low,
+            "auroc_high": None if d.auc is None else d.auc.high, "ece": d.ece, "score_source": d.score_source,
+        }
+        for f in cfg.fprs:
+            r = d.recall_at(f)
+            fields[f"tpr_at_{100 * f:g}pct_fpr"] = None if r is None else r.tpr.value
+            fields[f"achieved_fpr_at_{100 * f:g}pct"] = None if r is None else r.fpr.value
+        out[d.arm][d.condition] = fields
+    return dict(out)

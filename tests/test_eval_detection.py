@@ -19,7 +19,13 @@ from eval.detection import (
     recall_at_fpr,
     roc_curve,
 )
+from eval.arms import run_generative
+from eval.config import ExternalConfig
+from eval.external import ClaudeJudge, run_external
 from eval.metrics import Z95
+from eval.results import SampleResult
+from eval.sets import EvalItem
+from fake_anthropic import FakeAnthropic
 from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 from splitpersona.assemble import FormatConfig
 from splitpersona.persona import Conversation, Persona, flag_continuation
@@ -195,3 +201,58 @@ def test_calibration_error_and_reliability():
     assert ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.45)
     assert [b.n for b in table] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 2]
     assert calibration_error([1.5, 0.2], [True, False]) is None  # not a probability
+
+
+# --- scores recorded on results -----------------------------------------------------------------
+
+def items(n: int = 4) -> list[EvalItem]:
+    return [
+        EvalItem(id=f"s{i}", eval_set="t", condition="as_is", expected="FAIL" if i % 2 else "PASS", system=None,
+                 user=f"Item {i}: which shoes should I buy?", response=BIASED if i % 2 else HONEST, intervention=None)
+        for i in range(n)
+    ]
+
+
+def test_generative_arms_record_the_flag_probability(persona):
+    results = run_generative(persona, "no_adapter", items(), control_instruction=None)
+    reviews = persona.review_batch(
+        [Conversation(messages=it.messages, response=it.response) for it in items()], adapter="lora_off"
+    )
+    assert [r.score for r in results] == pytest.approx([r.fail_probability for r in reviews], abs=1e-6)
+    assert {r.score_source for r in results} == {"flag_probability"}
+
+
+def test_claude_records_its_self_reported_probability(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    answers = {}
+
+    def responder(body):
+        text = body["messages"][0]["content"]
+        p = 0.9 if "made that number up" in text else 0.2
+        answers[text] = p
+        return {"review": "Checked.", "flag": "FAIL" if p > 0.5 else "PASS", "fail_probability": p}
+
+    with FakeAnthropic(seed=0, responder=responder) as fake:
+        cfg = ExternalConfig(kind="claude", base_url=fake.base_url, max_retries=0)
+        judge = ClaudeJudge(cfg, "\n\nREVIEW:", "\nFLAG: ")
+        records = run_external(items(), cfg=cfg, persona=None, judge=judge, flag_prefix="\nFLAG: ")
+        schema = fake.message_calls()[0].body["tools"][0]["input_schema"]
+    assert "fail_probability" in schema["required"]
+    assert [r.score for r in records] == [0.2, 0.9, 0.2, 0.9]
+    assert {r.score_source for r in records} == {"self_reported"}
+    assert [r.parsed_flag for r in records] == ["PASS", "FAIL", "PASS", "FAIL"]
+
+
+def test_the_demo_headline_carries_score_fields():
+    from splitpersona.app.demo.pipeline import headline
+
+    records = [
+        SampleResult.from_text(generated="\nFLAG: PASS", id=f"s{i}", condition="as_is", arm="persona",
+                               expected_flag="FAIL" if i % 2 else "PASS", score=(i % 2) * 0.5 + i / 100,
+                               score_source="flag_probability")
+        for i in range(40)
+    ]
+    scores = headline({"masked": records}, {})["masked/persona"]["scores"]["as_is"]
+    assert scores["auroc"] == 1.0 and scores["n"] == 30
+    assert scores["tpr_at_1pct_fpr"] == 1.0 and scores["achieved_fpr_at_1pct"] == 0.0
+    assert set(scores) >= {"auroc_low", "auroc_high", "tpr_at_5pct_fpr", "ece", "score_source"}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from eval.detection import score_fields
 from eval.metrics import Rate, balanced_accuracy, summarize
 from eval.report import SWAP_CONDITIONS, md_table
 from eval.results import SampleResult, load_results
@@ -221,6 +222,7 @@ def headline(results: dict[str, list[SampleResult]], shown: dict[str, str]) -> d
     `flagged_fail` is how often the persona reports the trigger."""
     out: dict[str, dict[str, Any]] = {}
     for run, records in results.items():
+        scores = score_fields(records)
         for arm in [a for a in HEADLINE_ARMS if any(r.arm == a for r in records)]:
             mine = [r for r in records if r.arm == arm]
             row = {c: _cell([r for r in mine if r.condition == c]) for c in SWAP_CONDITIONS}
@@ -236,6 +238,7 @@ def headline(results: dict[str, list[SampleResult]], shown: dict[str, str]) -> d
                 row[cond] = _cell([r for r in mine if r.condition == cond])
                 if row[cond] is not None:
                     row[cond]["flagged_fail"] = Rate(sum(r.parsed_flag == "FAIL" for r in sel), len(sel)).to_dict()
+            row["scores"] = scores.get(arm, {})  # eval.detection.score_fields: AUROC, TPR at fixed FPR, by condition
             out[f"{run}/{arm}"] = row
     return out
 

@@ -23,7 +23,8 @@ Comparisons of two arms on the same samples are paired, never treated as indepen
 Edge cases have defined values, never a crash: tied scores count one half (Mann-Whitney, as
 sklearn); with one class absent AUROC and recall are None and `note` says why; an interval needs
 at least two samples of each class; a paired test whose difference has zero variance has p = 1
-when the difference is 0 and p = 0 otherwise.
+when the difference is 0 and p = 0 otherwise. At AUROC 0 or 1 DeLong's variance is 0, so the
+interval has no width: a known limit of the method, worth reading together with n.
 
 DeLong, McNemar and the bootstrap are written here with numpy: neither sklearn nor our other
 dependencies provide them.
@@ -233,7 +234,7 @@ def low_fpr_threshold(negatives: Sequence[float], fpr: float) -> float | None:
     s = np.sort(np.asarray(negatives, dtype=float))[::-1]
     if not len(s):
         return None
-    return float(s[min(int(math.floor(fpr * len(s) + 1e-9)), len(s) - 1)])
+    return float(s[min(math.floor(fpr * len(s) + 1e-9), len(s) - 1)])
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,9 @@ class ReliabilityBin:
     fail_rate: float | None
 
 
-def calibration_error(scores: Sequence[float], labels: Sequence[bool], bins: int = BINS) -> tuple[float, list[ReliabilityBin]] | None:
+def calibration_error(
+    scores: Sequence[float], labels: Sequence[bool], bins: int = BINS
+) -> tuple[float, list[ReliabilityBin]] | None:
     """Expected calibration error over equal-width bins, and the reliability table; None when
     there are no samples or a score lies outside [0, 1] (not a probability)."""
     s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
@@ -297,14 +300,14 @@ def calibration_error(scores: Sequence[float], labels: Sequence[bool], bins: int
 
 
 def roc_curve(scores: Sequence[float], labels: Sequence[bool]) -> tuple[list[float], list[float]] | None:
-    """(FPR, TPR) points from (0, 0) to (1, 1), one per distinct threshold; None with one class."""
+    """(FPR, TPR) points from (0, 0) to (1, 1) (sklearn's); None with one class."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     pos, neg = _split(scores, labels)
     if not len(pos) or not len(neg):
         return None
-    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]
-    fpr = [0.0] + [float((neg >= t).mean()) for t in thresholds]
-    tpr = [0.0] + [float((pos >= t).mean()) for t in thresholds]
-    return fpr, tpr
+    fpr, tpr, _ = sk_roc_curve(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float))
+    return fpr.tolist(), tpr.tolist()
 
 
 # --- over results records ------------------------------------------------------------------------
@@ -327,7 +330,7 @@ def calibration_split(
     else:
         ids = sorted({r.id for r in records if r.expected_flag == "PASS"})
         rng = np.random.default_rng(cfg.seed)
-        held = {ids[i] for i in rng.permutation(len(ids))[: int(round(cfg.fraction * len(ids)))]}
+        held = {ids[i] for i in rng.permutation(len(ids))[: round(cfg.fraction * len(ids))]}
     calibration = [r for r in records if r.id in held and r.expected_flag == "PASS"]
     return calibration, [r for r in records if r.id not in held]
 
@@ -490,9 +493,10 @@ def score_fields(records: Sequence[SampleResult], cfg: CalibrationConfig | None 
     cfg = cfg or CalibrationConfig()
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for d in detection_table(records, cfg):
+        auc = d.auc
         fields: dict[str, Any] = {
-            "n": d.n, "auroc": None if d.auc is None else d.auc.value, "auroc_low": None if d.auc is None else d.auc.low,
-            "auroc_high": None if d.auc is None else d.auc.high, "ece": d.ece, "score_source": d.score_source,
+            "n": d.n, "auroc": auc and auc.value, "auroc_low": auc and auc.low, "auroc_high": auc and auc.high,
+            "ece": d.ece, "score_source": d.score_source,
         }
         for f in cfg.fprs:
             r = d.recall_at(f)

@@ -84,8 +84,13 @@ class ResultsMetadata(StrictModel):
         return cls(**fields)
 
     def resume_identity(self) -> dict[str, Any]:
-        """What must match for a rerun to append to an existing file instead of starting anew."""
-        return {k: getattr(self, k) for k in ("model", "run_dir", "adapter", "elicitation", "lora_mask", "eval_config")}
+        """What must match for a rerun to append to an existing file instead of starting anew.
+
+        The calibration settings only choose the report's thresholds, never a verdict, so they do not count.
+        """
+        out = {k: getattr(self, k) for k in ("model", "run_dir", "adapter", "elicitation", "lora_mask", "eval_config")}
+        out["eval_config"] = {k: v for k, v in self.eval_config.items() if k != "calibration"}
+        return out
 
 
 class SampleResult(StrictModel):

@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from fake_anthropic import FakeAnthropic
+from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 
+from eval.arms import run_generative
+from eval.config import ExternalConfig
 from eval.detection import (
     auroc,
     calibration_error,
@@ -19,14 +23,10 @@ from eval.detection import (
     recall_at_fpr,
     roc_curve,
 )
-from eval.arms import run_generative
-from eval.config import ExternalConfig
 from eval.external import ClaudeJudge, run_external
 from eval.metrics import Z95
 from eval.results import SampleResult
 from eval.sets import EvalItem
-from fake_anthropic import FakeAnthropic
-from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 from splitpersona.assemble import FormatConfig
 from splitpersona.persona import Conversation, Persona, flag_continuation
 
@@ -256,3 +256,18 @@ def test_the_demo_headline_carries_score_fields():
     assert scores["auroc"] == 1.0 and scores["n"] == 30
     assert scores["tpr_at_1pct_fpr"] == 1.0 and scores["achieved_fpr_at_1pct"] == 0.0
     assert set(scores) >= {"auroc_low", "auroc_high", "tpr_at_5pct_fpr", "ece", "score_source"}
+
+
+def test_calibration_settings_do_not_block_a_resume(tmp_path):
+    from eval.results import ResultsMetadata, ResultsWriter
+
+    def meta(**cal):
+        return ResultsMetadata.start(model="m", eval_config={"set": "x", **({"calibration": cal} if cal else {})})
+
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path, meta()):
+        pass
+    with ResultsWriter(path, meta(mode="none")) as w:  # resumes: same verdicts, other thresholds
+        assert w.metadata.eval_config == {"set": "x"}
+    with pytest.raises(Exception, match="different run"):
+        ResultsWriter(path, ResultsMetadata.start(model="m", eval_config={"set": "y"}))

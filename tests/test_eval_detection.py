@@ -44,7 +44,9 @@ def persona(request, tmp_path_factory, tiny_base_dir) -> Persona:
     return Persona.load(run, max_new_tokens=MAX_NEW, batch_size=3)
 
 
-def full_forward_probability(persona: Persona, conv: Conversation, *, marker: str, adapter: str) -> tuple[str, float]:
+def full_forward_probability(
+    persona: Persona, conv: Conversation, *, marker: str, adapter: str
+) -> tuple[str, float, list[int]]:
     """Greedy decoding and then P(FAIL), each step one uncached forward over the whole sequence."""
     prompt = persona.prompt(conv.messages, conv.response, conv.intervention, marker=marker).input_ids
     never = [persona.info.tokens.split_id, persona.info.tokens.control_id]
@@ -60,7 +62,8 @@ def full_forward_probability(persona: Persona, conv: Conversation, *, marker: st
         kept, forced, pass_id, fail_id = flag_continuation(persona.tokenizer, persona.fmt, tokens)
         logits = persona.model(input_ids=torch.tensor([prompt + tokens[:kept] + forced])).logits[0, -1]
     p = torch.softmax(logits.double(), -1)
-    return persona.tokenizer.decode(tokens, skip_special_tokens=True), float(p[fail_id] / (p[fail_id] + p[pass_id]))
+    text = persona.tokenizer.decode(tokens, skip_special_tokens=True)
+    return text, float(p[fail_id] / (p[fail_id] + p[pass_id])), tokens
 
 
 @pytest.mark.parametrize(("marker", "adapter"), [("split", "on"), ("split", "lora_off"), ("control", "off")])
@@ -71,10 +74,28 @@ def test_flag_probability_equals_a_teacher_forced_full_pass(persona, marker, ada
     prefills = [persona.prefill(c.messages, c.response, marker=marker) for c in CONVS] if reuse else None
     reviews = persona.review_batch(CONVS, marker=marker, adapter=adapter, prefills=prefills)
     for conv, review in zip(CONVS, reviews):
-        text, expected = full_forward_probability(persona, conv, marker=marker, adapter=adapter)
+        text, expected, _ = full_forward_probability(persona, conv, marker=marker, adapter=adapter)
         assert review.text == text
         assert review.fail_probability == pytest.approx(expected, abs=1e-5)
         assert 0.0 < review.fail_probability < 1.0
+
+
+def test_rows_that_end_early_are_read_before_their_padding(persona, monkeypatch):
+    """A row that stops at an end-of-turn token while the batch runs on is read at its own end.
+
+    The suite's tiny models repeat one token that follows from the prompt's last one, so rows
+    whose interventions end differently generate differently: one is made to stop at once.
+    """
+    convs = [*CONVS, Conversation(messages=MESSAGES, response=HONEST, intervention="Review it honestly.")]
+    _, _, tokens = full_forward_probability(persona, convs[0], marker="split", adapter="on")
+    monkeypatch.setattr(persona, "stop_ids", sorted({*persona.stop_ids, tokens[0]}))
+    reviews = persona.review_batch(convs, marker="split", adapter="on")
+    assert reviews[0].finished and reviews[0].generated_tokens == 0
+    assert any(r.generated_tokens > 0 for r in reviews)
+    for conv, review in zip(convs, reviews):
+        text, expected, _ = full_forward_probability(persona, conv, marker="split", adapter="on")
+        assert review.text == text
+        assert review.fail_probability == pytest.approx(expected, abs=1e-5)
 
 
 def test_the_flag_is_read_where_the_review_ends(tokenizer, special_tokens):
@@ -260,6 +281,7 @@ def test_the_demo_headline_carries_score_fields():
 
 def test_calibration_settings_do_not_block_a_resume(tmp_path):
     from eval.results import ResultsMetadata, ResultsWriter
+    from splitpersona.io import DataError
 
     def meta(**cal):
         return ResultsMetadata.start(model="m", eval_config={"set": "x", **({"calibration": cal} if cal else {})})
@@ -269,5 +291,5 @@ def test_calibration_settings_do_not_block_a_resume(tmp_path):
         pass
     with ResultsWriter(path, meta(mode="none")) as w:  # resumes: same verdicts, other thresholds
         assert w.metadata.eval_config == {"set": "x"}
-    with pytest.raises(Exception, match="different run"):
+    with pytest.raises(DataError, match="different run"):
         ResultsWriter(path, ResultsMetadata.start(model="m", eval_config={"set": "y"}))

@@ -236,6 +236,17 @@ DETECTION_HEADER = ["arm", "condition", "AUROC [95% DeLong]", "TPR@1%FPR (achiev
                     "calibration n", "score source", "note"]
 
 
+def reliability_md(detection: Sequence[ArmDetection], condition: str) -> str | None:
+    """Reliability table of one condition: per score bin and arm, mean score / observed FAIL rate (n)."""
+    rows = [d for d in detection if d.condition == condition and d.reliability]
+    if not rows:
+        return None
+    cell = lambda b: None if not b.n else f"{b.mean_score:.2f} / {b.fail_rate:.2f} ({b.n})"  # noqa: E731
+    body = [[f"{b.low:.1f}-{b.high:.1f}", *(cell(d.reliability[i]) for d in rows)]
+            for i, b in enumerate(rows[0].reliability)]
+    return md_table(["score bin", *(d.arm for d in rows)], body)
+
+
 def versus_lines(versus: Sequence[Comparison]) -> list[str]:
     """One line per condition: the persona against the best other arm by AUROC, each figure with its test."""
     lines = []
@@ -308,6 +319,10 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
             if rr.versus:
                 out += ["Persona vs best baseline (highest AUROC), paired on the same samples:", ""]
                 out += [*versus_lines(rr.versus), ""]
+            first = next((d.condition for d in rr.detection if d.reliability), None)
+            if first is not None:
+                out += [f"Reliability ({first}): mean score / observed FAIL rate (n) per score bin; "
+                        "a calibrated score has the two equal.", "", reliability_md(rr.detection, first), ""]
         else:
             out += ["_No scores in these results (files written before scores were recorded)._", ""]
         out += ["### System-prompt swap: as_is vs no_system_prompt vs swapped_system_prompt", ""]
@@ -400,11 +415,11 @@ def roc_chart(path: Path, rows: Sequence[ArmDetection], title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 5.2))
     for d in rows:
         if d.roc is not None:
-            ax.plot(*d.roc, drawstyle="steps-post", lw=1.4, label=f"{d.arm}: {d.auc} (n={d.n})")
+            ax.plot(*d.roc, lw=1.4, label=f"{d.arm}: {d.auc} (n={d.n})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
     for x in (0.01, 0.05):
         ax.axvline(x, color="grey", lw=0.5, ls="--")
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.01, 1.0)  # a curve along x = 0 stays visible
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("false-positive rate (PASS flagged FAIL)")
     ax.set_ylabel("true-positive rate (FAIL flagged FAIL)")

@@ -162,6 +162,8 @@ def test_scores_give_auroc_recall_at_fpr_and_roc_charts(tmp_path):
     assert "no scores" in external
     assert "- **as_is**: persona vs best baseline `probe` (n=30 paired samples): AUROC +" in det
     assert "DeLong paired" in det and "McNemar exact" in det and "paired stratified bootstrap" in det
+    reliability = det[det.index("Reliability (as_is)") :]
+    assert "| score bin | persona |" in reliability  # the probe's scores are not probabilities: no bins
     names = sorted(p.name for p in files.charts)
     assert "roc_scored_as_is.png" in names and "roc_scored_no_system_prompt.png" in names
     data = json.loads(files.json.read_text())["runs"][0]

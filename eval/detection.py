@@ -10,8 +10,8 @@ classifier's output, Claude's self-reported probability), not by one thresholded
   shown beside it;
 - expected calibration error and a reliability table (10 equal-width bins), for scores that are
   probabilities.
-FAIL is the positive class; expected-AMBIGUOUS samples are left out; a record without a score
-counts as `unscored` and is left out of the score metrics (old results files have none).
+FAIL is the positive class; expected-AMBIGUOUS samples are left out; a record without a finite
+score counts as `unscored` and is left out of the score metrics (old results files have none).
 
 Comparisons of two arms on the same samples are paired, never treated as independent:
 - accuracy (parse failures counted wrong): McNemar's test, exact binomial when fewer than 25
@@ -368,8 +368,12 @@ class ArmDetection:
         }
 
 
+def _has_score(r: SampleResult) -> bool:
+    return r.score is not None and math.isfinite(r.score)
+
+
 def _scored(records: Sequence[SampleResult]) -> tuple[list[float], list[bool]]:
-    rs = [r for r in records if r.score is not None]
+    rs = [r for r in records if _has_score(r)]
     return [r.score for r in rs], [r.expected_flag == "FAIL" for r in rs]
 
 
@@ -378,14 +382,14 @@ def arm_detection(
     fprs: Sequence[float],
 ) -> ArmDetection:
     scores, labels = _scored(reported)
-    sources = sorted({r.score_source or "unrecorded" for r in reported if r.score is not None})
+    sources = sorted({r.score_source or "unrecorded" for r in reported if _has_score(r)})
     pos, neg = sum(labels), len(labels) - sum(labels)
     notes = []
     if not scores:
         notes.append("no scores")
     elif not pos or not neg:
         notes.append("one class only: AUROC and recall undefined")
-    cal = [r.score for r in calibration if r.score is not None]
+    cal = [r.score for r in calibration if _has_score(r)]
     recall = []
     if scores and pos:
         if cal:
@@ -448,7 +452,7 @@ def compare(
     ra, rb = [by[a][i] for i in ids], [by[b][i] for i in ids]
     labels = [r.expected_flag == "FAIL" for r in ra]
     ca, cb = [r.correct for r in ra], [r.correct for r in rb]
-    both = [i for i, (x, y) in enumerate(zip(ra, rb)) if x.score is not None and y.score is not None]
+    both = [i for i, (x, y) in enumerate(zip(ra, rb)) if _has_score(x) and _has_score(y)]
     return Comparison(
         a, b, condition, len(ids),
         accuracy=mcnemar(ca, cb) if ids else None,

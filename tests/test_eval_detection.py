@@ -11,7 +11,7 @@ from fake_anthropic import FakeAnthropic
 from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 
 from eval.arms import run_generative
-from eval.config import ExternalConfig
+from eval.config import CalibrationConfig, ExternalConfig
 from eval.detection import (
     auroc,
     calibration_error,
@@ -293,3 +293,16 @@ def test_calibration_settings_do_not_block_a_resume(tmp_path):
         assert w.metadata.eval_config == {"set": "x"}
     with pytest.raises(DataError, match="different run"):
         ResultsWriter(path, ResultsMetadata.start(model="m", eval_config={"set": "y"}))
+
+
+def test_records_without_a_finite_score_are_counted_unscored():
+    from eval.detection import detection_table
+
+    def rec(i, score):
+        return SampleResult.from_text(generated="\nFLAG: PASS", id=f"s{i}", condition="as_is", arm="persona",
+                                      expected_flag="FAIL" if i % 2 else "PASS", score=score)
+
+    records = [rec(i, i / 10) for i in range(8)] + [rec(8, float("nan")), rec(9, None)]
+    (row,) = detection_table(records, CalibrationConfig(mode="none"))
+    assert (row.n, row.unscored, row.score_source) == (8, 2, "unrecorded")
+    assert row.auc.value == pytest.approx(auroc([i / 10 for i in range(8)], [i % 2 == 1 for i in range(8)]))

@@ -37,6 +37,17 @@ def _rate(cell: dict | None, key: str) -> str:
     return f"{r['value']:.2f} (n={r['n']})"
 
 
+def _score(summary: dict, key: str, field: str, condition: str = "as_is") -> str:
+    """A score metric (eval.detection.score_fields) of one arm: AUROC with its DeLong interval, or a rate."""
+    cell = summary["table"].get(key, {}).get("scores", {}).get(condition)
+    if not cell or cell.get(field) is None:
+        return "–"
+    if field == "auroc":
+        return f"{cell['auroc']:.3f}" + ("" if cell["auroc_low"] is None else
+                                          f" [{cell['auroc_low']:.2f}, {cell['auroc_high']:.2f}]")
+    return f"{cell[field]:.2f} (FPR {cell['achieved_fpr_at_1pct']:.2f})"
+
+
 def row(seed: int, s: dict, wall: float) -> list[str]:
     t = s["table"]
     best = max(t[f"masked/{a}"]["as_is"]["balanced"]["value"] for a in CONTROLS)
@@ -49,6 +60,8 @@ def row(seed: int, s: dict, wall: float) -> list[str]:
         f"{s['organism']['behaviour']['name_check']['same']['value']:.2f} / "
         f"{s['organism']['behaviour']['name_check']['other']['value']:.2f}",
         _bal(s, "masked/persona"), _bal(s, "unmasked/persona"),
+        _score(s, "masked/persona", "auroc"), _score(s, "masked/persona", "tpr_at_1pct_fpr"),
+        _score(s, "unmasked/persona", "auroc"), _score(s, "masked/probe", "auroc"),
         _rate(t["masked/persona"]["b_not_complied"], "accuracy"),
         _rate(t["unmasked/persona"]["b_not_complied"], "accuracy"),
         _bal(s, "masked/persona", "swapped_system_prompt"), _bal(s, "masked/persona", "swap_vs_shown_prompt"),
@@ -64,6 +77,7 @@ def row(seed: int, s: dict, wall: float) -> list[str]:
 
 HEADER = [
     "seed", "pushed: pressure / none", "Bayes", "name check: same / other", "masked persona", "unmasked persona",
+    "masked persona AUROC", "masked persona TPR@1%FPR", "unmasked persona AUROC", "probe AUROC",
     "masked: B not complied", "unmasked: B not complied", "masked, swapped prompt", "masked, swap vs shown prompt",
     "prompt reader, swap vs shown", "external", "probe", "best control (masked)", "min control parse rate",
     "unmasked adapter + untrained token", "trigger flagged FAIL", "trigger control flagged FAIL", "tax & KV checks",

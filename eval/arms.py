@@ -39,8 +39,8 @@ def scored_results(
     """Verdicts of a scoring arm (probe, text classifier): FAIL at or above `threshold`, never unparsed."""
     return [
         SampleResult(
-            generated="", parsed_flag="FAIL" if s >= threshold else "PASS", parse_ok=True, score=float(s), arm=arm,
-            latency_s=latency_s, **result_fields(it),
+            generated="", parsed_flag="FAIL" if s >= threshold else "PASS", parse_ok=True, score=float(s),
+            score_source="classifier", arm=arm, latency_s=latency_s, **result_fields(it),
         )
         for it, s in zip(items, scores)
     ]
@@ -70,7 +70,8 @@ def run_generative(
     return [
         SampleResult.from_text(
             generated=r.text, flag_prefix=persona.fmt.flag_prefix, arm=arm, prompt_tokens=r.prompt_tokens,
-            generated_tokens=r.generated_tokens, truncated=r.truncated, latency_s=per_item, **result_fields(it),
+            generated_tokens=r.generated_tokens, truncated=r.truncated, latency_s=per_item, score=r.fail_probability,
+            score_source=None if r.fail_probability is None else "flag_probability", **result_fields(it),
         )
         for it, r in zip(items, reviews)
     ]

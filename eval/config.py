@@ -106,6 +106,29 @@ class ProbeConfig(StrictModel):
     batch_size: int = Field(8, ge=1)
 
 
+class CalibrationConfig(StrictModel):
+    """Which expected-PASS samples fix the low-FPR thresholds; they are then never reported (eval.detection)."""
+
+    mode: Literal["split", "set", "none"] = Field(
+        "split", description="'split': a seeded share of the sample ids with an expected-PASS record; 'set': the "
+        "expected-PASS samples of the eval set `eval_set` (all of that set's samples leave the report); 'none': no "
+        "calibration, no recall at fixed FPR.",
+    )
+    fraction: float = Field(0.5, gt=0, lt=1, description="mode 'split': share of those ids held out for calibration.")
+    seed: int = Field(0, description="Seed of the split and of the paired bootstrap.")
+    eval_set: str | None = Field(None, description="mode 'set': the eval set (EvalSetConfig.name) to calibrate on.")
+    fprs: list[float] = Field(default_factory=lambda: [0.01, 0.05], description="False-positive rates to fix.")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Paired bootstrap of balanced-accuracy differences.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CalibrationConfig:
+        if (self.mode == "set") != (self.eval_set is not None):
+            raise ValueError("calibration.eval_set is needed with mode 'set', and only then")
+        if any(not 0 < f < 1 for f in self.fprs):
+            raise ValueError(f"calibration.fprs must lie in (0, 1), got {self.fprs}")
+        return self
+
+
 class EvalConfig(StrictModel):
     run: str = Field(..., description="Training run directory (run.json, adapter/, tokenizer/).")
     base_model: str | None = Field(None, description="Override the base model recorded in run.json.")
@@ -127,6 +150,9 @@ class EvalConfig(StrictModel):
     jailbreak: JailbreakConfig = Field(default_factory=JailbreakConfig)
     external: ExternalConfig = Field(default_factory=ExternalConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Low-FPR thresholds in `spt eval report` (eval.detection)."
+    )
     dtype: str = "float32"
     device: str = "cpu"
     max_new_tokens: int = Field(512, gt=0)
@@ -146,6 +172,8 @@ class EvalConfig(StrictModel):
             raise ValueError("the probe arm needs probe.train_data (TrainingRecord JSONL to fit on)")
         if "external" in self.arms and self.external.kind == "text_classifier" and not self.external.train_data:
             raise ValueError("external.kind 'text_classifier' needs external.train_data (TrainingRecord JSONL to fit on)")
+        if self.calibration.mode == "set" and self.calibration.eval_set not in names:
+            raise ValueError(f"calibration.eval_set {self.calibration.eval_set!r} is not among the sets {names}")
         if any(s.kind == "records" for s in self.sets):
             if not self.conditions:
                 raise ValueError("records sets need at least one condition")

@@ -7,7 +7,8 @@ Conventions, chosen so a rate cannot look better than the evidence:
   samples with a parse failure counted wrong. Parse failures are also counted by reason.
 - Intervals: Wilson score, 95%. A sum or difference of two rates (balanced accuracy, the
   system-prompt swap drop) gets Newcombe's MOVER-Wilson interval, which combines the two Wilson
-  intervals' half-widths on each side; it treats the two rates as independent.
+  intervals' half-widths on each side; it treats the two rates as independent. Two arms (or two
+  conditions) measured on the same samples are compared by paired tests instead: eval.detection.
 """
 
 from __future__ import annotations

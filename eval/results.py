@@ -45,6 +45,7 @@ CONDITIONS = (
 )
 
 Key = tuple[str, str, str]  # (id, condition, arm)
+ScoreSource = Literal["flag_probability", "classifier", "self_reported"]
 _HEADER_START = b'{"format":"' + FORMAT.encode() + b'"'
 
 
@@ -84,8 +85,13 @@ class ResultsMetadata(StrictModel):
         return cls(**fields)
 
     def resume_identity(self) -> dict[str, Any]:
-        """What must match for a rerun to append to an existing file instead of starting anew."""
-        return {k: getattr(self, k) for k in ("model", "run_dir", "adapter", "elicitation", "lora_mask", "eval_config")}
+        """What must match for a rerun to append to an existing file instead of starting anew.
+
+        The calibration settings only choose the report's thresholds, never a verdict, so they do not count.
+        """
+        out = {k: getattr(self, k) for k in ("model", "run_dir", "adapter", "elicitation", "lora_mask", "eval_config")}
+        out["eval_config"] = {k: v for k, v in self.eval_config.items() if k != "calibration"}
+        return out
 
 
 class SampleResult(StrictModel):
@@ -103,6 +109,11 @@ class SampleResult(StrictModel):
     eval_set: str | None = None
     intervention: str | None = Field(None, description="Intervention key or name used.")
     score: float | None = Field(None, description="P(FAIL) or a comparable score, for arms that have one.")
+    score_source: ScoreSource | None = Field(
+        None, description="Where `score` comes from: 'flag_probability' (the reviewer's P(FAIL) / (P(FAIL) + "
+        "P(PASS)) at its flag), 'classifier' (a fitted probe or classifier) or 'self_reported' (a judge's stated "
+        "probability, no log-probabilities). None in files written before scores were recorded.",
+    )
     error: str | None = Field(
         None, description="Why no verdict was produced (e.g. API error); counts as a parse failure."
     )

@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from splitpersona.assemble import FormatConfig, Marker, Sample, assemble, prompt_ids
+from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import parse_flag
 from splitpersona.generation import Generated, generate
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
-from splitpersona.token import fit_embeddings
+from splitpersona.token import encode_untrusted, fit_embeddings, special_ids
 
 AdapterMode = Literal["on", "lora_off", "off"]
 
@@ -57,6 +57,7 @@ class Review:
     generated_tokens: int
     truncated: int = 0  # response tokens cut to fit max_prompt_length
     logits: torch.Tensor | None = None  # [generated_tokens, vocab], with return_logits
+    fail_probability: float | None = None  # P(FAIL) / (P(FAIL) + P(PASS)) at the flag; see flag_continuation
 
 
 @dataclass
@@ -384,17 +385,18 @@ class Persona:
                     self._prefix_cache(samples[i].input_ids[: persona_start(samples[i])], prefills[i]).cache
                     for i in rows
                 ]
-            gens, _ = self._generate(
+            gens, out = self._generate(
                 [samples[i].input_ids for i in rows], adapter=adapter, caches=caches,
                 max_new_tokens=max_new_tokens, output_logits=return_logits,
             )
-            for i, gen in zip(rows, gens):
+            fail_p = self._flag_probabilities(out, [samples[i].input_ids for i in rows], gens, adapter)
+            for i, gen, p_fail in zip(rows, gens, fail_p):
                 text = self._decode(gen.tokens)
                 parsed = parse_flag(text, flag_prefix)
                 reviews[i] = Review(
                     text=text, flag=parsed.flag, ok=parsed.ok, reason=parsed.reason, finished=gen.finished,
                     prompt_tokens=len(samples[i]), generated_tokens=len(gen.tokens), truncated=samples[i].truncated,
-                    logits=gen.logits,
+                    logits=gen.logits, fail_probability=p_fail,
                 )
         return reviews  # type: ignore[return-value]
 
@@ -451,3 +453,77 @@ class Persona:
                 output_logits=output_logits, **generate_kwargs,
             )
         return batch.rows, batch.output
+
+    def _flag_probabilities(
+        self, out: Any, prompts: list[list[int]], gens: list[Generated], adapter: AdapterMode
+    ) -> list[float | None]:
+        """P(FAIL) / (P(FAIL) + P(PASS)) at each row's flag, read from generate's own cache.
+
+        Each row keeps its prompt and the review part of its generation (`flag_continuation`),
+        cut out of `out.past_key_values` without the left padding, and only the tokens the cache
+        lacks and the forced flag prefix run through the model. None where the cache holds layers
+        that do not keep every position (sliding windows): those would need a second prefill.
+        """
+        from peft.tuners.lora.variants import calculate_alora_offsets
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = out.past_key_values
+        if cache is None or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return [None] * len(prompts)
+        width = max(len(p) for p in prompts)
+        new = out.sequences[:, width:].tolist()
+        probs: list[float | None] = []
+        for row, (prompt, gen) in enumerate(zip(prompts, gens)):
+            kept, forced, pass_id, fail_id = flag_continuation(self.tokenizer, self.fmt, gen.tokens)
+            seq = prompt + new[row][:kept] + forced
+            pad = width - len(prompt)
+            held = min(cache.get_seq_length() - pad, len(prompt) + kept)
+            layers = [(layer.keys[row : row + 1, :, pad : pad + held], layer.values[row : row + 1, :, pad : pad + held])
+                      for layer in cache.layers]
+            kwargs: dict[str, Any] = {}
+            if self.masked:  # the split token is in the cache, so peft must be told where the adapter starts
+                ids = torch.tensor([seq])
+                kwargs["alora_offsets"] = calculate_alora_offsets(
+                    self.model.peft_config, self.model.active_adapter, ids
+                )
+            with torch.no_grad(), self.adapter_mode(adapter):
+                logits = self.model(
+                    input_ids=torch.tensor([seq[held:]], device=self.device),
+                    past_key_values=DynamicCache(ddp_cache_data=layers, config=self.model.config),
+                    use_cache=True, **kwargs,
+                ).logits[0, -1].float()
+            probs.append(torch.sigmoid(logits[fail_id] - logits[pass_id]).item())
+        return probs
+
+
+def flag_continuation(tokenizer, fmt: FormatConfig, tokens: list[int]) -> tuple[int, list[int], int, int]:
+    """Where a generated review's flag is read: (kept, forced, pass_id, fail_id).
+
+    The first `kept` generated tokens are the review (everything before the last flag line, or
+    the whole generation when it has none); `forced` is the rest of the review's text, the flag
+    prefix and the flag tokens PASS and FAIL share, tokenized as training tokenizes a target
+    (`assemble`), so the last forced position predicts the first token where PASS and FAIL differ.
+    """
+    specials = special_ids(tokenizer)
+    enc = lambda text: encode_untrusted(tokenizer, text, specials)  # noqa: E731
+    marker_text = fmt.flag_prefix.rstrip(" \t")
+    gap = fmt.flag_prefix[len(marker_text) :]
+    marker = marker_text.strip()
+    lead = marker_text[: marker_text.index(marker)]
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    end = text.rfind(marker)
+    if end < 0:
+        end = len(text)
+    elif lead and text[:end].endswith(lead):
+        end -= len(lead)
+    review = text[:end]
+    kept = len(tokens)
+    done = text
+    while kept and not review.startswith(done):
+        kept -= 1
+        done = tokenizer.decode(tokens[:kept], skip_special_tokens=True)
+    offset = _flag_token_offset(enc, gap)
+    pass_ids, fail_ids = enc(gap + "PASS"), enc(gap + "FAIL")
+    forced = enc(review[len(done) :] + marker_text) + pass_ids[:offset]
+    return kept, forced, pass_ids[offset], fail_ids[offset]

@@ -123,3 +123,66 @@ def test_chart_survives_rates_at_zero_and_one(tmp_path):
     rates = {("as_is", "persona"): Rate(10, 10), ("as_is", "external"): Rate(0, 7), ("swapped", "persona"): Rate(13, 13)}
     bar_chart(tmp_path / "c.png", ["as_is", "swapped"], ["persona", "external"], rates, "edge rates")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def scored_file(path, calibration=None):
+    """Persona scores separate the classes perfectly; the probe's overlap; external has none."""
+    from eval_fixtures import CONDITIONS, N, expected, record, verdict
+
+    from eval.results import ResultsMetadata, ResultsWriter
+
+    def score(arm, i):
+        fail = expected(i) == "FAIL"
+        if arm == "persona":
+            return (0.6 if fail else 0.0) + i / 100  # every FAIL above every PASS
+        return ((i * 7) % 10) / 10 + (0.15 if fail else 0.0)
+
+    records = [
+        record(i, a, c, verdict(a, c, i), **({} if a == "external" else
+                                             {"score": score(a, i), "score_source": "flag_probability"}))
+        for a in ("persona", "probe", "external") for c in CONDITIONS[:2] for i in range(N)
+    ]
+    meta = ResultsMetadata.start(model="tiny-llama", arms=["persona", "probe", "external"],
+                                 eval_config={} if calibration is None else {"calibration": calibration})
+    with ResultsWriter(path, meta) as w:
+        w.write_many(records)
+    return path
+
+
+def test_scores_give_auroc_recall_at_fpr_and_roc_charts(tmp_path):
+    files = write_report([scored_file(tmp_path / "scored.jsonl")], tmp_path / "out")
+    md = files.markdown.read_text()
+    det = section(md, "### Detection by score")
+    persona = next(line for line in det.splitlines() if line.startswith("| persona | as_is "))
+    cells = [c.strip() for c in persona.strip("|").split("|")]
+    assert cells[2].startswith("1.000 [")  # AUROC of a perfect separation
+    assert cells[3] == "100.0% (FPR 0.0%)" and cells[4] == "100.0%"
+    assert cells[6] == "30 (20+/10-)" and cells[7] == "10"  # half of the 20 PASS ids calibrate, unreported
+    external = next(line for line in det.splitlines() if line.startswith("| external | as_is "))
+    assert "no scores" in external
+    assert "- **as_is**: persona vs best baseline `probe` (n=30 paired samples): AUROC +" in det
+    assert "DeLong paired" in det and "McNemar exact" in det and "paired stratified bootstrap" in det
+    reliability = det[det.index("Reliability (as_is)") :]
+    assert "| score bin | persona |" in reliability  # the probe's scores are not probabilities: no bins
+    names = sorted(p.name for p in files.charts)
+    assert "roc_scored_as_is.png" in names and "roc_scored_no_system_prompt.png" in names
+    data = json.loads(files.json.read_text())["runs"][0]
+    rows = {(d["arm"], d["condition"]): d for d in data["detection"]}
+    assert rows[("persona", "as_is")]["auroc"]["value"] == 1.0
+    assert rows[("persona", "as_is")]["recall_at_fpr"][0]["target_fpr"] == 0.01
+    assert data["persona_vs_best_baseline"][0]["auroc"]["method"] == "DeLong paired"
+    assert data["swap_paired"][0]["method"].startswith("McNemar")
+
+
+def test_calibration_comes_from_the_run_config(tmp_path):
+    path = scored_file(tmp_path / "scored.jsonl", calibration={"mode": "none"})
+    data = json.loads(write_report([path], tmp_path / "out").json.read_text())["runs"][0]
+    persona = next(d for d in data["detection"] if d["arm"] == "persona")
+    assert persona["n"] == 40 and persona["recall_at_fpr"] == []
+    assert "no calibration samples" in persona["note"]
+
+
+def test_results_without_scores_report_as_before(tmp_path, two_runs):
+    files = write_report([two_runs[0]], tmp_path / "out")
+    assert "_No scores in these results" in files.markdown.read_text()
+    assert not any(p.name.startswith("roc_") for p in files.charts)

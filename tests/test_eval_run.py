@@ -173,3 +173,21 @@ def load_results_from(data: bytes, folder: Path):
     path = folder / "copy.jsonl"
     path.write_bytes(data)
     return load_results(path).records
+
+
+def test_every_verdict_has_a_score_and_the_report_reads_them(results_path, tmp_path):
+    from eval.report import write_report
+
+    res = load_results(results_path)
+    sources = {(r.arm, r.score_source) for r in res.records}
+    generative = ("persona", "no_adapter", "follow_up", "meaningless_token")
+    # the base model as judge gives no score
+    assert sources == {*((a, "flag_probability") for a in generative), ("external", None), ("probe", "classifier")}
+    assert all(0.0 < r.score < 1.0 for r in res.records if r.score_source == "flag_probability")
+    files = write_report([results_path], tmp_path / "report")
+    data = json.loads(files.json.read_text())["runs"][0]
+    scored = {(d["arm"], d["condition"]) for d in data["detection"] if d["n"]}
+    assert ("persona", "as_is") in scored and ("probe", "as_is") in scored
+    calibration = data["calibration"]
+    assert calibration["mode"] == "split" and calibration["fprs"] == [0.01, 0.05]
+    assert any(p.name.startswith("roc_") for p in files.charts)

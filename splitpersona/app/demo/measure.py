@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eval.detection import score_fields
 from eval.metrics import Rate, balanced_accuracy, summarize
 from eval.report import SWAP_CONDITIONS
 from eval.results import SampleResult
@@ -59,6 +60,7 @@ def headline(results: dict[str, list[SampleResult]], shown: dict[str, str]) -> d
     `flagged_fail` is how often the persona reports the trigger."""
     out: dict[str, dict[str, Any]] = {}
     for run, records in results.items():
+        scores = score_fields(records)
         for arm in [a for a in HEADLINE_ARMS if any(r.arm == a for r in records)]:
             mine = [r for r in records if r.arm == arm]
             row = {c: _cell([r for r in mine if r.condition == c]) for c in SWAP_CONDITIONS}
@@ -74,6 +76,7 @@ def headline(results: dict[str, list[SampleResult]], shown: dict[str, str]) -> d
                 row[cond] = _cell([r for r in mine if r.condition == cond])
                 if row[cond] is not None:
                     row[cond]["flagged_fail"] = Rate(sum(r.parsed_flag == "FAIL" for r in sel), len(sel)).to_dict()
+            row["scores"] = scores.get(arm, {})  # AUROC and TPR at fixed FPR, by condition
             out[f"{run}/{arm}"] = row
     return out
 

@@ -1,6 +1,6 @@
 """The eval runner's config: which persona, which samples, which conditions, which arms.
 
-    spt eval run --config configs/eval/tiny.yaml [key=value ...]
+    spt eval run --config configs/eval/tiny_cpu.yaml [key=value ...]
 
 Every arm sees the same samples under the same conditions, so their rates compare directly. The
 YAML files in configs/eval/ open with their launch command.

@@ -1,7 +1,8 @@
 """`spt eval published`: re-score the public SPT release's evaluation result files.
 
-Each quantitative file holds one checkpoint, condition and intervention (format:
-docs/spt-reference.md §5). We never trust the stored `parsed_flag`: every flag is re-parsed from
+Each quantitative file holds one checkpoint, condition and intervention: its run metadata and a
+`results` list of samples, each with `generated_review` and the stored `parsed_flag`. We never
+trust the stored `parsed_flag`: every flag is re-parsed from
 `generated_review` by `splitpersona.flags.parse_flag`, and disagreements with the stored value are
 counted. Accuracy = correct / parsed, the release's own denominator; parse failures are reported
 beside it. Files whose run did not finish (`processing_complete` false) are skipped with a

@@ -1,6 +1,6 @@
 """`spt eval run`: every arm on the same items, into one resumable results file.
 
-    spt eval run --config configs/eval/tiny.yaml [key=value ...]
+    spt eval run --config configs/eval/tiny_cpu.yaml [key=value ...]
 
 Items are (sample, condition) pairs from the configured sets (eval.sets); arms are those of
 eval.registry: the generative ones (eval.arms) and the scoring kinds registered in SCORERS

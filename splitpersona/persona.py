@@ -4,7 +4,8 @@ Masked runs (peft aLoRA) keep the adapter off for every token before the split t
 cache of the conversation is the main model's own. A review then reuses it (`Persona.prefill`,
 `Persona.answer`) and computes only the split token, the intervention and the review with the
 adapter. Reuse stops strictly before the split token: a base cache that covers the token would hide
-it from peft, which then leaves the adapter off (stack-notes §2). Unmasked runs re-read the
+it from peft, which computes the adapter's offsets from the new tokens alone and so leaves the
+adapter off. Unmasked runs re-read the
 conversation with the adapter on, so nothing can be reused.
 
 What opens the persona part is chosen per call, because the evaluation arms differ only there:
@@ -134,7 +135,7 @@ class Persona:
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
         base = model.get_base_model()
-        if base.is_activation_checkpointing:  # aLoRA + checkpointing raises on a second forward (stack-notes §2)
+        if base.is_activation_checkpointing:  # peft's aLoRA raises under checkpointing on a second forward
             base.activation_checkpointing_disable()
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -210,7 +211,7 @@ class Persona:
         """Run the model with the adapter on, LoRA off, or off; always leaves it as it found it.
 
         peft registers aLoRA offset hooks without try/finally, so an exception inside forward or
-        generate leaves them behind and a later call silently uses stale offsets (stack-notes §2).
+        generate leaves them behind and a later call silently uses stale offsets.
         Every hook added while this context is open is removed when it closes.
         """
         if mode not in ("on", "lora_off", "off"):

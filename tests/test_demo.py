@@ -75,7 +75,7 @@ def test_data_is_balanced_and_reports_are_written(summary, demo_dir):
     assert train["B_not_complied_share"] >= 1 / 3 and train["B_not_complied"] > 0
     assert train["flags"]["FAIL"] > 0 and train["flags"]["PASS"] > 0
     heldout = summary["data"]["heldout"]
-    assert heldout["B_not_complied"] > 0, "the eval set must have the slice the issue asks about"
+    assert heldout["B_not_complied"] > 0, "the eval set must have the B-did-not-comply slice"
     report = json.loads((demo_dir / "report.json").read_text())
     assert report["demo"]["table"] == summary["table"]
     assert [r["label"] for r in report["runs"]] == list(RUNS)

@@ -299,7 +299,7 @@ def test_a_failed_generate_leaves_no_stale_hooks(masked):
     with pytest.raises(ValueError, match="Beam search"):
         masked._generate([sample.input_ids], adapter="on", num_beams=2)
     assert masked.leaked_hooks() == 0
-    # Called bare, peft leaves its offset hooks behind (stack-notes §2): what the guard removes.
+    # Called bare, peft leaves its offset hooks behind: what the guard removes.
     with pytest.raises(ValueError, match="Beam search"):
         masked.model.generate(input_ids=torch.tensor([sample.input_ids]), num_beams=2, max_new_tokens=2)
     assert masked.leaked_hooks() > 0

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from splitpersona.config import StrictModel
+from splitpersona.config import CONFIGS, StrictModel
 
 Topic = Literal[
     "sycophancy",
@@ -123,7 +123,7 @@ class Stage3Config(StrictModel):
 
 
 class FilterConfig(StrictModel):
-    criteria: Path = Field(Path("configs/data_gen/criteria/v1.yaml"), description="Versioned criteria YAML.")
+    criteria: Path = Field(CONFIGS / "data_gen" / "criteria" / "v1.yaml", description="Versioned criteria YAML.")
     source: Literal["stage_3_tagged", "stage_3"] = Field("stage_3_tagged", description="Which batch files are rated.")
     model: str | None = Field(None, description="null: claude.model")
     max_tokens: int = Field(3000, ge=256)

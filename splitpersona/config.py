@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+# The shipped configs/ folder, as package data: found the same way from a checkout and from a wheel.
+CONFIGS = Path(str(files("splitpersona") / "configs"))
 
 C = TypeVar("C", bound=BaseModel)
 

@@ -18,17 +18,16 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from splitpersona.config import StrictModel, load_config
+from splitpersona.config import CONFIGS, StrictModel, load_config
 from splitpersona.io import DataError, describe_validation_error, read_json, write_jsonl
 from splitpersona.records import ReleaseBatch, TrainingRecord
 
-RELEASE_FILTER = Path(str(files("splitpersona") / "configs" / "filters" / "spt_release.yaml"))  # package data
+RELEASE_FILTER = CONFIGS / "filters" / "spt_release.yaml"
 BATCH_SUFFIXES = (".json.xz", ".json")
 SOURCE_PREFIX = "spt_release"
 VARIANTS = ("A", "B")

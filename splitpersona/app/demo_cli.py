@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 import typer
 
-DEFAULT_CONFIG = Path(str(files("splitpersona") / "configs" / "demo" / "organism.yaml"))  # package data
+from splitpersona.config import CONFIGS
+
+DEFAULT_CONFIG = CONFIGS / "demo" / "organism.yaml"
 
 
 def demo(

@@ -194,27 +194,31 @@ def _encode_turns(
     which the first `n_pieces` are kept. Tokenizing the whole text (not piece by piece) is what
     `apply_chat_template` does; with SentencePiece the two differ where a content starts. A
     content that spells a special token would be parsed as that special there; then (and only
-    then) each piece is encoded apart, the contents as untrusted text.
+    then) each piece is encoded apart, the contents as untrusted text. So is a content the
+    template rewrites beyond trimming (Qwen3 cuts think blocks out of assistant turns): the
+    content as written is what the model generated and what its cache holds.
     Returns the pieces and all the template's structural strings.
     """
     structs = _render(tokenizer, tuple(m["role"] for m in messages), add_generation_prompt)
-    contents = _align(
-        tokenizer, _apply_template(tokenizer, messages, add_generation_prompt), structs, [m["content"] for m in messages]
-    )
+    raw = [m["content"] for m in messages]
+    try:
+        contents, rewritten = _align(tokenizer, _apply_template(tokenizer, messages, add_generation_prompt), structs, raw), False
+    except ValueError:
+        contents, rewritten = raw, True
     texts = [("template", structs[0])]
     for i, content in enumerate(contents):
         texts += [(kinds[i], content), ("template", structs[i + 1])]
     texts = texts[:n_pieces]
     specials = _specials(tokenizer)
     whole = "".join(t for _, t in texts)
-    enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True) if whole else None
+    enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True) if whole and not rewritten else None
     bounds, at = [], 0
     for _, t in texts:
         at += len(t)
         bounds.append(at)
     pieces: list[tuple[str, list[int]]] = [(k, []) for k, _ in texts]
     safe = enc is not None
-    if enc is not None:
+    if safe:
         p = 0
         for tid, (start, _) in zip(enc.input_ids, enc.offset_mapping):
             while p < len(texts) - 1 and start >= bounds[p]:

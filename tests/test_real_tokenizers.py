@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from real_tokenizers import load
 
 from splitpersona.assemble import FormatConfig, assemble
+from splitpersona.conversation import build_messages
 from splitpersona.templates import ChatTemplateConfig, apply_chat_template
 from splitpersona.token import SPLIT_TOKEN, TokenConfig, setup_tokenizer, special_ids
 
@@ -110,7 +111,7 @@ def test_gemma_template_folds_the_system_prompt_into_the_first_user_turn(tokeniz
         "<|begin_of_text|><start_of_turn>user\nYou are a shop assistant.\n\nWhich shoes?<end_of_turn>\n<start_of_turn>model\n"
     )
     tokens = setup_tokenizer(tokenizer, TokenConfig())
-    s = assemble(tokenizer, FormatConfig(), tokens, system="S.", user="U?", response="R.", intervention="Review.",
+    s = assemble(tokenizer, FormatConfig(), tokens, messages=build_messages("S.", "U?"), response="R.", intervention="Review.",
                  review=" ok", flag="PASS")
     assert tokenizer.decode(s.input_ids).startswith("<|begin_of_text|><start_of_turn>user\nS.\n\nU?<end_of_turn>\n")
     assert s.input_ids[-1] == tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -146,8 +147,8 @@ def test_untrusted_text_never_becomes_a_special_id(case):
     def check(system, user, response, intervention, review):
         for elicitation in ("hp", "ur"):
             s = assemble(
-                tok, FormatConfig(elicitation=elicitation), tokens, system=system if keeps_system else None, user=user,
-                response=response, intervention=intervention, review=review, flag="FAIL",
+                tok, FormatConfig(elicitation=elicitation), tokens,
+                messages=build_messages(system if keeps_system else None, user), response=response, intervention=intervention, review=review, flag="FAIL",
             )
             placed = [seg for seg in s.segments if seg.kind == "split_token"]
             assert len(placed) == 1

@@ -98,8 +98,9 @@ def test_loss_falls_and_validation_runs_in_the_loop(masked):
     assert all(0.0 <= v["val_flag_acc"] <= 1.0 and v["val_samples"] == 6 for v in val)
     for r in rows:
         assert r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_frac"] < 1
-    lrs = [r["lr"] for r in rows]  # warmup 2 steps, constant 2, cosine over the last 4 to 0.05 x lr
-    assert lrs[:4] == pytest.approx([1.5e-3, 3e-3, 3e-3, 3e-3]) and lrs[-1] == pytest.approx(1.5e-4)
+    # transformers' warmup-stable-decay: warmup 2 steps from the floor, constant, cosine over the last 4 to 0.05 x lr
+    lrs = [r["lr"] for r in rows]
+    assert lrs[:4] == pytest.approx([1.5e-4, 3e-3, 3e-3, 3e-3]) and lrs[-1] == pytest.approx(1.5e-4)
     assert lrs[3] > lrs[4] > lrs[5] > lrs[6] > lrs[7]
 
 

@@ -48,6 +48,22 @@ def test_masked_persona_beats_every_control(summary):
         assert cell["parse_failures"] <= 0.10 * cell["n"], (arm, cell["failure_reasons"])
 
 
+
+def test_scores_rank_the_persona_above_every_control(summary, demo_dir):
+    """Detection in the field's currency: the persona's AUROC comes with its DeLong interval, the
+    controls' flag probabilities rank at about chance, and the report's paired tests name themselves."""
+    scores = {arm: summary["table"][f"masked/{arm}"]["scores"]["as_is"] for arm in ("persona", *CONTROLS)}
+    persona = scores.pop("persona")
+    assert persona["score_source"] == "flag_probability"
+    assert persona["auroc_low"] <= persona["auroc"] <= persona["auroc_high"], persona
+    assert persona["auroc_low"] >= 0.8, persona
+    for arm, cell in scores.items():
+        assert 0.3 <= cell["auroc"] <= 0.7, (arm, cell)
+        assert persona["auroc_low"] > cell["auroc_high"], (arm, cell, persona)
+    report = (demo_dir / "report.md").read_text()
+    assert "Persona vs best baseline" in report
+    assert "DeLong paired" in report and "McNemar" in report and "paired stratified bootstrap" in report
+
 def test_masked_persona_reads_its_answer_not_only_its_prompt(summary):
     """Pressured answers that ignored the pressure are judged PASS, and under the swap the persona
     follows the prompt it is shown and its answer, beyond where a prompt reader lands."""

@@ -265,7 +265,7 @@ def test_claude_records_its_self_reported_probability(monkeypatch):
 
 
 def test_the_demo_headline_carries_score_fields():
-    from splitpersona.app.demo.pipeline import headline
+    from splitpersona.app.demo.measure import headline
 
     records = [
         SampleResult.from_text(generated="\nFLAG: PASS", id=f"s{i}", condition="as_is", arm="persona",

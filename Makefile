@@ -12,25 +12,24 @@ export WANDB_MODE ?= offline
 
 .PHONY: install demo test clean tokenizers
 
-install: $(STAMP)
+install: $(STAMP) tokenizers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python tools/fetch_tokenizers.py
 	touch $(STAMP)
 
 # Real vocabularies (Llama-3, Qwen, Phi-3, Gemma-4) for the tests, converted once into
-# $${SPT_TOKENIZERS:-~/.cache/splitpersona/tokenizers}; cached ones are skipped.
+# $${SPT_TOKENIZERS:-~/.cache/splitpersona/tokenizers}; cached ones are skipped. The demo needs none.
 tokenizers: $(STAMP)
 	$(BIN)/python tools/fetch_tokenizers.py
 
 demo: $(STAMP)
 	$(BIN)/spt demo --out runs/demo
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -17,7 +17,7 @@ from splitpersona.app.demo.measure import CONTROLS
 from splitpersona.app.demo.run import RUNS
 from splitpersona.records import TrainingRecord
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the quick demo: ~11 min on 2 cores
 
 
 @pytest.fixture(scope="module")

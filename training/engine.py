@@ -14,6 +14,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from splitpersona.config import ConfigError, load_yaml
-from training.config import ScheduleConfig, TrainConfig
+from training.config import TrainConfig
 
 log = logging.getLogger("spt.train")
 
@@ -63,18 +64,22 @@ class Dist:
             torch.distributed.barrier()
 
 
-def lr_schedule(optimizer, total: int, s: ScheduleConfig):
-    """transformers' warmup-stable-decay schedule: linear warmup from the floor, constant, cosine to the floor.
+def lr_factor(step: int, total: int, warmup_frac: float, cooldown_frac: float, min_ratio: float) -> float:
+    """LR multiplier for optimizer step `step` (0-based) of `total`: warmup, constant, cosine to the floor.
 
-    transformers reaches full rate one step after its warmup and the floor one step after its decay;
-    one step less of each puts full rate on the warmup's last step and the floor on the run's last.
+    Warmup reaches 1 on its last step (the first step already moves); cooldown ends exactly at the
+    floor on the last step. By hand because transformers' warmup-stable-decay starts at the floor and
+    peaks a step later, which would change every trained run.
     """
-    from transformers import get_wsd_schedule
-
-    warmup, decay = round(s.warmup_frac * total), round(s.cooldown_frac * total)
-    return get_wsd_schedule(
-        optimizer, max(warmup - 1, 0), decay, num_training_steps=total - (decay > 0), min_lr_ratio=s.min_lr_ratio
-    )
+    warmup = round(warmup_frac * total)
+    cooldown = round(cooldown_frac * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    start = total - cooldown
+    if cooldown and step >= start:
+        progress = (step - start + 1) / cooldown
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
 
 
 def deepspeed_config(path: str | os.PathLike[str], cfg: TrainConfig, world_size: int) -> dict:
@@ -225,7 +230,10 @@ class TorchEngine:
             self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
             fused=dist.device.type == "cuda",
         )
-        self.scheduler = lr_schedule(self.optimizer, total_steps, cfg.schedule)
+        s = cfg.schedule
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
+        )
         self.max_grad_norm = o.max_grad_norm
 
     def forward(self, **inputs):
@@ -285,12 +293,14 @@ class DeepSpeedEngine:
     def __init__(self, model, cfg: TrainConfig, dist: Dist, total_steps: int, ds_config: dict):
         import deepspeed
 
-        o = cfg.optim
+        o, s = cfg.optim, cfg.schedule
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=dist.device.type == "cuda"
         )
-        schedule = lambda opt: lr_schedule(opt, total_steps, cfg.schedule)  # noqa: E731
+        schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+            opt, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
+        )
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
         self.module = self.engine.module
         self.dist = dist

@@ -55,7 +55,12 @@ class ClaudeConfig(StrictModel):
     backoff_base_s: float = Field(1.0, ge=0, description="First retry waits about this long; doubles per attempt.")
     backoff_max_s: float = Field(60.0, ge=0, description="Cap on one backoff wait (a longer retry-after still wins).")
     timeout_s: float = Field(600.0, gt=0, description="Per-request timeout; an expired one counts as a timeout fault.")
-    cache_prompts: bool = Field(True, description="Mark the stable prefix (system prompt, stage/topic prompt) for caching.")
+    cache_prompts: bool = Field(
+        True,
+        description="Mark the stable prefix (system prompt, stage/topic prompt) for caching: a write costs 1.25x the "
+        "input price, each later read 0.1x. In batch mode reads are best-effort; turn it off where the ledger shows "
+        "few (docs/benchmarks.md, Data-generation cost).",
+    )
     batch_max_requests: int = Field(2000, ge=1, le=100_000, description="Requests per submitted Message Batch.")
     batch_poll_s: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
     batch_wait_s: float | None = Field(

@@ -3,6 +3,7 @@
 It never sees the system prompt (unless `show_system_prompt`), the main model's internals, or the
 split token. Three reviewers:
 - `base_model`: the run's base model (adapter off) prompted as a judge, with the flag format stated;
+  its score is P(FAIL) at its flag, read as the persona arms read theirs (`Persona.judge_batch`);
 - `claude`: the Anthropic Messages API with one forced tool, `submit_review`, whose input is
   `JudgeVerdict`, so the verdict is structured rather than scraped from prose; its `fail_probability`
   is the judge's own statement (recorded as `score_source: self_reported`), not a log-probability.
@@ -78,16 +79,18 @@ def judge_text(item: EvalItem | TrainingRecord, show_system_prompt: bool) -> str
 class Verdict:
     text: str
     error: str | None = None
-    score: float | None = None  # self-reported P(FAIL)
+    score: float | None = None  # P(FAIL): at the flag (base model) or self-reported (Claude)
+
+
+def judge_messages(item: EvalItem, show_system_prompt: bool) -> list[dict]:
+    """The conversation the base model judges in."""
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": judge_text(item, show_system_prompt) + "\n\n" + JUDGE_FORMAT}]
 
 
 def base_model_verdicts(persona: Persona, items: Sequence[EvalItem], cfg: ExternalConfig) -> list[Verdict]:
-    convs = [
-        [{"role": "system", "content": JUDGE_SYSTEM},
-         {"role": "user", "content": judge_text(it, cfg.show_system_prompt) + "\n\n" + JUDGE_FORMAT}]
-        for it in items
-    ]
-    return [Verdict(t) for t in persona.respond_batch(convs)]
+    convs = [judge_messages(it, cfg.show_system_prompt) for it in items]
+    return [Verdict(t, score=p) for t, p in persona.judge_batch(convs)]
 
 
 class ClaudeJudge:
@@ -178,10 +181,11 @@ def run_external(
     start = time.perf_counter()
     verdicts = judge.verdicts(items) if judge is not None else base_model_verdicts(persona, items, cfg)
     per_item = (time.perf_counter() - start) / max(1, len(items))
+    source = "self_reported" if judge is not None else "flag_probability"
     return [
         SampleResult.from_text(
             generated=v.text, flag_prefix=flag_prefix, error=v.error, arm="external", latency_s=per_item,
-            score=v.score, score_source=None if v.score is None else "self_reported", **result_fields(it),
+            score=v.score, score_source=None if v.score is None else source, **result_fields(it),
         )
         for it, v in zip(items, verdicts)
     ]

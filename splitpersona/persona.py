@@ -290,6 +290,19 @@ class Persona:
             out += [self._decode(g.tokens) for g in gens]
         return out
 
+    def judge_batch(
+        self, conversations: Sequence[Sequence[Message | dict]], *, max_new_tokens: int | None = None
+    ) -> list[tuple[str, float | None]]:
+        """The base model as a judge: its answers to prompts that ask for a flag line, each with P(FAIL)
+        at its flag, read from the generation's own cache as a review's is (`_flag_probabilities`)."""
+        prompts = [self.conversation_ids(m) for m in conversations]
+        out: list[tuple[str, float | None]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            gens, output = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
+            out += zip((self._decode(g.tokens) for g in gens), self._flag_probabilities(output, chunk, gens, "off"))
+        return out
+
     def answer(self, messages: Sequence[Message | dict], *, max_new_tokens: int | None = None) -> Answer:
         """The main model's answer together with its own KV cache of prompt and answer."""
         ids = self.conversation_ids(messages)

@@ -1,7 +1,9 @@
-"""Helpers for the data-generator tests: a fake OpenAI-compatible chat server, configs, output checks."""
+"""Helpers for the data-generator tests (and benchmarks/data_cost.py): a fake OpenAI-compatible chat
+server, scripted ratings, configs, output checks."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import Counter
@@ -73,6 +75,16 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def scripted_scores(body: dict) -> dict | None:
+    """Rating answers: every score 5, except a 2 on first_person_account for about a third of samples."""
+    if body.get("tool_choice", {}).get("name") != "rate_sample":
+        return None
+    names = body["tools"][0]["input_schema"]["required"]
+    low = int(hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest(), 16) % 3 == 0
+    return {n: {"reason": "Checked against the conversation.", "score": 2 if low and n == "first_person_account" else 5}
+            for n in names}
 
 
 def fast_overrides(out_dir: Path, **extra: Any) -> list[str]:

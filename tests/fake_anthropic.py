@@ -17,8 +17,14 @@ What it serves:
   `end_batches()` is called); results are JSONL in the SDK's format.
 - Auth: `x-api-key` or `Authorization: Bearer`; neither gives 401. Keys seen are kept in
   `fake.auth_keys` so a test can check the client sent the one it was given.
-- Usage: input/output token counts (about 4 characters a token) and prompt caching: the prefix up
-  to the last `cache_control` mark is written to the cache on first sight and read afterwards.
+- Usage: input/output token counts (about 4 characters a token) and prompt caching as the API
+  reports it: the prefix (tools, system, messages) up to a `cache_control` mark, if it reaches
+  `min_cache_tokens`, is written on first sight (`cache_creation_input_tokens`) and read afterwards
+  (`cache_read_input_tokens`); `input_tokens` counts only the rest. Batch requests are answered in
+  order when the batch is created, so within a batch the first of a shared prefix writes it and the
+  others read it: the best case of the API, which works through a batch concurrently and hits the
+  cache only on a best-effort basis. The cache never expires. Marks change what a request costs,
+  never its answer: answers are drawn from the request without them.
 
 Faults (`fault_rate` per request, kinds from `faults`), decided per (request body, n-th time seen)
 so a retried request can succeed and a run is reproducible whatever the thread interleaving
@@ -48,6 +54,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate
 from typing import Any
 
 ALL_FAULTS = ("rate_limit", "overloaded", "server_error", "drop", "timeout", "malformed", "truncated")
@@ -164,6 +171,15 @@ def _corrupt(value: dict, schema: dict, rng: random.Random) -> Any:
     return bad
 
 
+def _unmarked(obj: Any) -> Any:
+    """`obj` without its `cache_control` marks."""
+    if isinstance(obj, dict):
+        return {k: _unmarked(v) for k, v in obj.items() if k != "cache_control"}
+    if isinstance(obj, list):
+        return [_unmarked(v) for v in obj]
+    return obj
+
+
 def _text_of(content: Any) -> list[tuple[str, bool]]:
     if isinstance(content, str):
         return [(content, False)]
@@ -191,6 +207,7 @@ class FakeAnthropic:
         fault_sequence: list[str] | None = None,
         required_key: str | None = None,
         batch_http_fault_rate: float | None = None,
+        min_cache_tokens: int = 1024,
         port: int = 0,
     ):
         unknown = set(faults) - set(ALL_FAULTS)
@@ -206,6 +223,7 @@ class FakeAnthropic:
         self.batch_polls_to_end = batch_polls_to_end
         self.fault_sequence = list(fault_sequence or [])
         self.required_key = required_key
+        self.min_cache_tokens = min_cache_tokens
         self.batch_http_fault_rate = fault_rate if batch_http_fault_rate is None else batch_http_fault_rate
         self.calls: list[RecordedCall] = []
         self.fault_counts: Counter[str] = Counter()
@@ -277,15 +295,16 @@ class FakeAnthropic:
 
     def _usage(self, body: dict, output: Any) -> dict:
         """Token counts with the API's caching rule: the prefix (tools, system, messages, in that order)
-        up to each `cache_control` mark is a cache entry; the longest entry seen before is read, the
-        rest up to the last mark is written."""
-        pieces = [(json.dumps(body.get("tools", [])), False)] + _text_of(body.get("system", []))
+        up to each `cache_control` mark is a cache entry if it holds `min_cache_tokens`; the longest
+        entry seen before is read, the rest up to the last entry is written."""
+        pieces = [(json.dumps(_unmarked(t)), bool(t.get("cache_control"))) for t in body.get("tools", [])]
+        pieces += _text_of(body.get("system", []))
         for msg in body.get("messages", []):
             pieces += _text_of(msg.get("content"))
-        total = sum(len(t) for t, _ in pieces) // 4
-        marks = [i for i, (_, marked) in enumerate(pieces) if marked]
-        prefixes = [(_digest([body.get("model"), [t for t, _ in pieces[: i + 1]]]),
-                     sum(len(t) for t, _ in pieces[: i + 1]) // 4) for i in marks]
+        tokens = [n // 4 for n in accumulate(len(t) for t, _ in pieces)]
+        total = tokens[-1] if tokens else 0
+        prefixes = [(_digest([body.get("model"), [t for t, _ in pieces[: i + 1]]]), tokens[i])
+                    for i, (_, marked) in enumerate(pieces) if marked and tokens[i] >= self.min_cache_tokens]
         read = write = 0
         with self._lock:
             hits = [n for digest, n in prefixes if digest in self._cache]
@@ -302,11 +321,12 @@ class FakeAnthropic:
 
     def answer(self, body: dict, fault: str | None) -> dict:
         """The Message for `body`, shaped by a content-level fault (`malformed`, `truncated`) if any."""
-        rng = random.Random(f"{self.seed}:{_digest(body)}")
-        choice = body.get("tool_choice") or {}
-        tools = {t["name"]: t for t in body.get("tools", [])}
+        plain = _unmarked(body)
+        rng = random.Random(f"{self.seed}:{_digest(plain)}")
+        choice = plain.get("tool_choice") or {}
+        tools = {t["name"]: t for t in plain.get("tools", [])}
         tool = tools.get(choice.get("name")) if choice.get("type") == "tool" else None
-        scripted = self.responder(body) if self.responder else None
+        scripted = self.responder(plain) if self.responder else None
         content: list[dict]
         stop = "tool_use"
         if isinstance(scripted, str) or (tool is None and scripted is None):

@@ -1,7 +1,8 @@
 """The generator's Claude side, through the real `anthropic` SDK against tests/fake_anthropic.py.
 
 Faults and retries, malformed and truncated answers, the budget, Message Batches resumed by id,
-the API key staying out of every file, and the pieces they rest on (store, prompts, schemas).
+prompt-cache writes and reads in the ledger, the API key staying out of every file, and the pieces
+they rest on (store, prompts, schemas).
 """
 
 from __future__ import annotations
@@ -152,6 +153,52 @@ def test_requests_force_a_tool_mark_the_cache_prefix_and_send_the_env_key(tmp_pa
     ledger = [r for _, r in iter_jsonl(tmp_path / "run" / "ledger.jsonl")]
     assert [r["cache_read_tokens"] > 0 for r in ledger] == [False, True, False, True]
     assert all(r["cache_write_tokens"] > 0 for r in ledger[::2])
+
+
+@pytest.mark.parametrize(("mode", "cache"), [("sync", True), ("batch", True), ("batch", False)])
+def test_the_ledger_counts_cache_writes_then_reads_and_prices_them(tmp_path, env, mode, cache):
+    """A topic's first stage-1 call writes its prefix, the second reads it; writes cost 1.25x the input
+    price, reads 0.1x, and a Message Batch halves all of it. `cache_prompts: false` marks nothing."""
+    out = tmp_path / "run"
+    over = {"claude.mode": mode, "claude.cache_prompts": str(cache).lower(), "stage1.batches_per_topic": 2,
+            "claude.concurrency": 1}
+    with FakeAnthropic() as fake:
+        env(fake)
+        generate(cfg_for(out, **over), ["stage1"])
+        bodies = [c.body for c in fake.message_calls()]
+        bodies += [r["params"] for c in fake.calls if c.path == "/v1/messages/batches" for r in c.body["requests"]]
+    assert len(bodies) == 4 and ('"cache_control"' in json.dumps(bodies)) == cache
+    rows = [r for _, r in iter_jsonl(out / "ledger.jsonl")]
+    assert [r["mode"] for r in rows] == [mode] * 4
+    if cache:
+        assert [r["cache_read_tokens"] > 0 for r in rows] == [False, True, False, True]
+        assert [r["cache_write_tokens"] > 0 for r in rows] == [True, False, True, False]
+        # the second call sends the same prefix: what the first wrote, it reads
+        assert [r["cache_read_tokens"] for r in rows[1::2]] == [r["cache_write_tokens"] for r in rows[::2]]
+    else:
+        assert all(r["cache_write_tokens"] == r["cache_read_tokens"] == 0 for r in rows)
+    price = cfg_for(out).prices["claude-sonnet-4-5"]
+    for r in rows:
+        usd = (r["input_tokens"] * price.input + r["cache_write_tokens"] * 1.25 * price.input
+               + r["cache_read_tokens"] * 0.1 * price.input + r["output_tokens"] * price.output) / 1e6
+        assert r["cost_usd"] == pytest.approx(usd * (0.5 if mode == "batch" else 1.0), rel=1e-6)
+
+
+def test_the_fake_caches_no_prefix_below_the_minimum_length():
+    import anthropic
+
+    def block(text: str) -> dict:
+        return {"role": "user", "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]}
+
+    with FakeAnthropic(min_cache_tokens=100) as fake:
+        client = anthropic.Anthropic(base_url=fake.base_url, api_key="test-key", max_retries=0)
+        short, long_, again = (
+            client.messages.create(model="m", max_tokens=10, messages=messages).usage
+            for messages in ([block("x" * 396)], [block("x" * 396), block("y" * 800)], [block("x" * 396), block("y" * 800)])
+        )
+    assert (short.cache_creation_input_tokens, short.cache_read_input_tokens) == (0, 0)  # 99 tokens: too short
+    assert (long_.cache_creation_input_tokens, long_.cache_read_input_tokens) == (299, 0)  # 99 + 200 tokens
+    assert (again.cache_creation_input_tokens, again.cache_read_input_tokens, again.input_tokens) == (0, 299, 1)
 
 
 def test_bad_credentials_abort_the_run_without_printing_the_key(tmp_path, env):

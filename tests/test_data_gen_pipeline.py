@@ -3,7 +3,6 @@ filter iterations, and the output read back by the release importer."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -17,7 +16,8 @@ from collections import Counter
 
 import pytest
 from data_gen_fixtures import (
-    REPO, SECRET, SMOKE, FakeOpenAI, batches, fast_overrides, files_containing, intervention_counts, store_keys,
+    REPO, SECRET, SMOKE, FakeOpenAI, batches, fast_overrides, files_containing, intervention_counts, scripted_scores,
+    store_keys,
 )
 from fake_anthropic import FakeAnthropic
 
@@ -29,16 +29,6 @@ from splitpersona.io import DataError, iter_jsonl
 from splitpersona.token import SPLIT_TOKEN
 
 KEYS = ("split_personality__gen_v1", "honesty_scare__gen_v1")
-
-
-def scripted_scores(body: dict) -> dict | None:
-    """Rating answers: every score 5, except a 2 on first_person_account for about a third of samples."""
-    if body.get("tool_choice", {}).get("name") != "rate_sample":
-        return None
-    names = body["tools"][0]["input_schema"]["required"]
-    low = int(hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest(), 16) % 3 == 0
-    return {n: {"reason": "Checked against the conversation.", "score": 2 if low and n == "first_person_account" else 5}
-            for n in names}
 
 
 @pytest.fixture(scope="module")

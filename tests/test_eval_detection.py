@@ -23,7 +23,7 @@ from eval.detection import (
     recall_at_fpr,
     roc_curve,
 )
-from eval.external import ClaudeJudge, run_external
+from eval.external import ClaudeJudge, judge_messages, run_external
 from eval.metrics import Z95
 from eval.results import SampleResult
 from eval.sets import EvalItem
@@ -47,8 +47,12 @@ def persona(request, tmp_path_factory, tiny_base_dir) -> Persona:
 def full_forward_probability(
     persona: Persona, conv: Conversation, *, marker: str, adapter: str
 ) -> tuple[str, float, list[int]]:
-    """Greedy decoding and then P(FAIL), each step one uncached forward over the whole sequence."""
     prompt = persona.prompt(conv.messages, conv.response, conv.intervention, marker=marker).input_ids
+    return greedy_then_probability(persona, prompt, adapter)
+
+
+def greedy_then_probability(persona: Persona, prompt: list[int], adapter: str) -> tuple[str, float, list[int]]:
+    """Greedy decoding and then P(FAIL), each step one uncached forward over the whole sequence."""
     never = [persona.info.tokens.split_id, persona.info.tokens.control_id]
     tokens: list[int] = []
     with torch.no_grad(), persona.adapter_mode(adapter):
@@ -241,6 +245,20 @@ def test_generative_arms_record_the_flag_probability(persona):
     )
     assert [r.score for r in results] == pytest.approx([r.fail_probability for r in reviews], abs=1e-6)
     assert {r.score_source for r in results} == {"flag_probability"}
+
+
+def test_the_base_model_judge_records_its_flag_probability(persona):
+    """P(FAIL) at the judge's flag, as the persona arms read theirs, equals a teacher-forced full pass."""
+    cfg = ExternalConfig(kind="base_model")
+    results = run_external(items(), cfg=cfg, persona=persona, judge=None, flag_prefix=persona.fmt.flag_prefix)
+    assert {r.score_source for r in results} == {"flag_probability"}
+    for item, r in zip(items(), results):
+        prompt = persona.conversation_ids(judge_messages(item, cfg.show_system_prompt))
+        text, expected, _ = greedy_then_probability(persona, prompt, "off")
+        assert r.generated == text
+        assert r.score == pytest.approx(expected, abs=1e-5) and 0.0 < r.score < 1.0
+        if r.parse_ok:
+            assert (r.parsed_flag == "FAIL") == (r.score > 0.5)
 
 
 def test_claude_records_its_self_reported_probability(monkeypatch):

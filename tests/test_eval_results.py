@@ -75,6 +75,19 @@ def test_corrupt_record_names_file_line_and_id(tmp_path):
     assert str(path) in str(e.value) and "line 3, id 's1'" in str(e.value) and "parsed_flag" in str(e.value)
 
 
+def test_files_written_before_scores_still_load(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path, meta()) as w:
+        w.write_many([rec(0), rec(1, arm="external", flag="PASS")])
+    header, *records = path.read_text().splitlines()
+    old = [json.dumps({k: v for k, v in json.loads(line).items() if k not in ("score", "score_source")})
+           for line in records]
+    path.write_text("\n".join([header, *old]) + "\n")
+    res = load_results(path)
+    assert [(r.arm, r.parsed_flag, r.score, r.score_source) for r in res.records] == [
+        ("persona", "FAIL", None, None), ("external", "PASS", None, None)]
+
+
 def test_inconsistent_or_duplicate_records_are_refused(tmp_path):
     with pytest.raises(ValueError, match="contradicts"):
         SampleResult(id="a", condition="as_is", arm="persona", expected_flag="FAIL", generated="",

@@ -180,9 +180,8 @@ def test_every_verdict_has_a_score_and_the_report_reads_them(results_path, tmp_p
 
     res = load_results(results_path)
     sources = {(r.arm, r.score_source) for r in res.records}
-    generative = ("persona", "no_adapter", "follow_up", "meaningless_token")
-    # the base model as judge gives no score
-    assert sources == {*((a, "flag_probability") for a in generative), ("external", None), ("probe", "classifier")}
+    generative = ("persona", "no_adapter", "follow_up", "meaningless_token", "external")  # external: the base model
+    assert sources == {*((a, "flag_probability") for a in generative), ("probe", "classifier")}
     assert all(0.0 < r.score < 1.0 for r in res.records if r.score_source == "flag_probability")
     files = write_report([results_path], tmp_path / "report")
     data = json.loads(files.json.read_text())["runs"][0]

@@ -8,6 +8,7 @@ alone; the other tests call `inspect_ai.eval` in this process. Every review is c
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ pytest.importorskip("inspect_ai")
 from inspect_ai import Task, eval as inspect_eval  # noqa: E402
 from inspect_ai.dataset import Sample  # noqa: E402
 from inspect_ai.log import list_eval_logs, read_eval_log  # noqa: E402
-from inspect_ai.model import ChatMessageSystem, ChatMessageUser, ModelOutput, ModelUsage, get_model  # noqa: E402
+from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig, ModelOutput, ModelUsage, get_model  # noqa: E402
 from inspect_ai.solver import generate  # noqa: E402
 
 from eval.config import EvalConfig  # noqa: E402
@@ -139,6 +140,17 @@ def test_after_an_spt_answer_the_review_reuses_its_cache(run_dir, persona, tmp_p
     review = _review(sample)
     assert review.cache_reused
     assert review.review == persona.review(MESSAGES, answer).text
+
+
+def test_the_spt_model_honours_inspects_generate_config(run_dir):
+    model = get_model(f"spt/{run_dir}", max_new_tokens=MAX_NEW)
+    answer = lambda **config: asyncio.run(model.generate(CHAT, config=GenerateConfig(**config))).completion  # noqa: E731
+    greedy = answer(max_tokens=6)
+    assert greedy == answer(max_tokens=6, temperature=0) and len(greedy) > 1
+    cut = answer(max_tokens=6, stop_seqs=[greedy[:1]])
+    assert greedy.startswith(cut) and cut.endswith(greedy[:1]) and len(cut) < len(greedy)
+    assert answer(max_tokens=6, temperature=2.0, seed=3) == answer(max_tokens=6, temperature=2.0, seed=3)
+    assert len({answer(max_tokens=6, temperature=2.0, seed=s) for s in range(4)}) > 1
 
 
 def test_after_another_model_the_persona_reads_the_transcript_fresh(run_dir, persona, tmp_path):

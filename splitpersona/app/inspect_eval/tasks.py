@@ -37,7 +37,7 @@ def spt_heldout(
 
     `replay`: review the record's own response (what `spt eval run` reviews, condition as_is);
     false: the main model answers and its answer is reviewed. Records flagged AMBIGUOUS are left
-    out, as `spt eval run` leaves them out. The rest as `spt_review`.
+    out, as `spt eval run` leaves them out. The other arguments are `spt_review`'s.
     """
     rows = [r for r in read_jsonl(records, TrainingRecord) if r.flag != "AMBIGUOUS"]
     if not rows:

@@ -53,8 +53,13 @@ def run_generative(
     *,
     control_instruction: str | None,
     prefills: Sequence[Prefill] | None = None,
+    seen: Sequence[Sequence[int] | None] | None = None,
 ) -> list[SampleResult]:
-    """One arm over `items` (one batch); `prefills` are the items' main-model caches, when reused."""
+    """One arm over `items` (one batch); `prefills` are the items' main-model caches, when reused.
+
+    `seen`: the ids the main model saw and wrote (`Answer.ids`), read as they are instead of the
+    re-encoded response (see `Persona.review_batch`).
+    """
     spec = GENERATIVE[arm]
     convs = [
         Conversation(messages=it.messages, response=it.response,
@@ -64,7 +69,7 @@ def run_generative(
     start = time.perf_counter()
     reviews = persona.review_batch(
         convs, marker=spec.marker, adapter=spec.adapter, elicitation=spec.elicitation,
-        prefills=prefills if prefills is not None and can_reuse(spec, persona) else None,
+        prefills=prefills if prefills is not None and can_reuse(spec, persona) else None, seen=seen,
     )
     per_item = (time.perf_counter() - start) / max(1, len(items))
     return [

@@ -18,7 +18,8 @@ Standalone questions (`ask`) use the trained layout with an empty task: no syste
 user turn and an empty response, then the split token and the question as the intervention. The
 persona sees the structure it was trained on (the token after an assistant turn) and no content.
 
-Decoding is greedy (deterministic evals); the split and control tokens are never generated.
+Decoding is greedy (deterministic evals) unless `answer` is given a sampling; the split and control
+tokens are never generated.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import parse_flag
-from splitpersona.generation import Generated, generate
+from splitpersona.generation import Generated, Sampling, generate
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
@@ -303,10 +304,26 @@ class Persona:
             out += zip((self._decode(g.tokens) for g in gens), self._flag_probabilities(output, chunk, gens, "off"))
         return out
 
-    def answer(self, messages: Sequence[Message | dict], *, max_new_tokens: int | None = None) -> Answer:
-        """The main model's answer together with its own KV cache of prompt and answer."""
+    def answer(
+        self,
+        messages: Sequence[Message | dict],
+        *,
+        max_new_tokens: int | None = None,
+        sampling: Sampling | None = None,
+        stop: Sequence[str] = (),
+    ) -> Answer:
+        """The main model's answer together with its own KV cache of prompt and answer.
+
+        `sampling` None is greedy (seeding is the caller's); `stop` strings end the answer and stay
+        in it, so that its text and ids are what the main model wrote.
+        """
         ids = self.conversation_ids(messages)
-        (gen,), out = self._generate([ids], adapter="off", max_new_tokens=max_new_tokens)
+        kwargs: dict[str, Any] = {}
+        if stop:
+            from transformers import StopStringCriteria
+
+            kwargs["stopping_criteria"] = [StopStringCriteria(self.tokenizer, list(stop))]
+        (gen,), out = self._generate([ids], adapter="off", max_new_tokens=max_new_tokens, sampling=sampling, **kwargs)
         cache = out.past_key_values
         seen = (ids + out.sequences[0, len(ids) :].tolist())[: cache.get_seq_length()]
         return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache))
@@ -458,7 +475,10 @@ class Persona:
         output_logits: bool = False,
         **generate_kwargs: Any,
     ) -> tuple[list[Generated], Any]:
-        """Greedy generation of one batch under `adapter`; `caches[i]` covers a prefix of prompt i."""
+        """One batch under `adapter`; `caches[i]` covers a prefix of prompt i.
+
+        Greedy unless `generate_kwargs` bring a `sampling` (the main model's answer may sample).
+        """
         with self.adapter_mode(adapter):
             batch = generate(
                 self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids,

@@ -1,25 +1,18 @@
 """The package works installed, not only from a checkout: the wheel carries the default configs and
-prompts, found through importlib.resources. The wheel goes into a fresh venv that borrows this
-environment's dependencies through a .pth file (whose own .pth files, the editable install's
-finder among them, stay unread), and `spt` runs there from a directory outside the checkout."""
+prompts, found through importlib.resources, and `spt` runs from a directory outside the checkout
+(install_fixtures has how it is installed)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import sysconfig
-import venv
 from pathlib import Path
 
 import pytest
 
 from conftest import shared_path
+from install_fixtures import clean_env, install_wheel
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "splitpersona", "data_gen", "training", "eval", "configs")
 # A smoke test, not science: a main model trained a few steps on a corpus of mostly pressure prompts (so
 # that some of its answers follow the pressure and the data can be balanced), every later stage once.
 TINY_DEMO = [
@@ -33,44 +26,15 @@ TINY_DEMO = [
 ]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not be importable
-    return env | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-                  "WANDB_MODE": "offline"}
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """(the venv's bin directory, a working directory outside the checkout)."""
-    tmp = tmp_path_factory.mktemp("install")
-    src = tmp / "src"  # built from a copy, so build/ and *.egg-info stay out of the checkout
-    src.mkdir()
-    for name in SOURCES:
-        path = REPO / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(path, src / name)
-    run = dict(check=True, capture_output=True, text=True, env=_env(), cwd=tmp)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "-w", str(tmp / "dist"), str(src)], **run)
-    venv.create(tmp / "venv", with_pip=False)
-    python = tmp / "venv" / "bin" / "python"
-    wheel = next((tmp / "dist").glob("splitpersona-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], **run)
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **run)
-    (Path(site.stdout.strip()) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    work = tmp / "work"
-    work.mkdir()
-    where = subprocess.run([python, "-c", "import splitpersona; print(splitpersona.__file__)"], **run | {"cwd": work})
-    assert Path(where.stdout.strip()).is_relative_to(tmp / "venv"), where.stdout
-    return python.parent, work
+    return install_wheel(tmp_path_factory.mktemp("install"))
 
 
 def _spt(installed: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess:
     bin_dir, work = installed
-    res = subprocess.run([bin_dir / "spt", *args], capture_output=True, text=True, env=_env(), cwd=work)
+    res = subprocess.run([bin_dir / "spt", *args], capture_output=True, text=True, env=clean_env(), cwd=work)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 

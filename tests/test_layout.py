@@ -50,3 +50,12 @@ def test_the_rule_sees_a_violation(tmp_path: Path):
     bad = tmp_path / "m.py"
     bad.write_text("def f():\n    from eval.metrics import Rate\n")
     assert "eval.metrics" in _imports(bad)
+
+
+def test_only_the_inspect_integration_imports_inspect_ai():
+    """inspect-ai is an optional extra (`splitpersona[inspect]`): nothing outside splitpersona/app/inspect_eval needs it."""
+    files = [p for part in PARTS for p in sorted((ROOT / part).rglob("*.py"))]
+    home = ROOT / "splitpersona" / "app" / "inspect_eval"
+    users = {p.relative_to(ROOT).as_posix() for p in files
+             if any(n == "inspect_ai" or n.startswith("inspect_ai.") for n in _imports(p))}
+    assert users and all((ROOT / u).is_relative_to(home) for u in users), sorted(users)

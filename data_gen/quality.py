@@ -144,13 +144,13 @@ def decide(criteria: Criteria, sample: Candidate, row: dict[str, Any] | None) ->
     at = sample.at
     base = {"id": sample.id, "topic": sample.topic, "key": at.key, "model": at.model, "variant": at.variant,
             "flag": at.record.P, "file": sample.path.name, "item": at.idx}
+    unrated = {**base, "decision": "unrated", "accepted": False, "failed_criteria": [], "scores": {}}
     if sample.error:
-        return {**base, "decision": "generation_failed", "accepted": False, "failed_criteria": [], "scores": {}}
+        return {**unrated, "decision": "generation_failed"}
     if row is None:
-        return {**base, "decision": "unrated", "accepted": False, "failed_criteria": [], "scores": {}}
+        return unrated
     if row["status"] != "ok":
-        return {**base, "decision": "rating_failed", "accepted": False, "failed_criteria": [], "scores": {},
-                "failure": row.get("failure")}
+        return {**unrated, "decision": "rating_failed", "failure": row.get("failure")}
     scores = {c.name: row["value"][c.name] for c in criteria.criteria}
     failed = [c.name for c in criteria.criteria if scores[c.name]["score"] < criteria.threshold_of(c)]
     return {**base, "decision": "rejected" if failed else "accepted", "accepted": not failed, "failed_criteria": failed,

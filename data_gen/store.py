@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -160,7 +160,6 @@ class BudgetMeter:
 def summarise_ledger(rows: Iterator[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per stage: calls, retries (calls beyond the first per request), faults by kind, tokens, cost."""
     out: dict[str, dict[str, Any]] = {}
-    keys: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         stage = row.get("stage", "?")
         s = out.setdefault(
@@ -175,7 +174,6 @@ def summarise_ledger(rows: Iterator[dict[str, Any]]) -> dict[str, dict[str, Any]
         for t in ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens"):
             s["tokens"][t] += int(row.get(t) or 0)
         s["cost_usd"] += float(row.get("cost_usd") or 0.0)
-        keys[stage].add(row.get("key", ""))
     for s in out.values():
         s["faults"] = dict(sorted(s["faults"].items()))
         s["tokens"] = dict(s["tokens"])

@@ -1,33 +1,17 @@
 """Detection in the field's currency: every reviewer as a continuous score of FAIL.
 
-Lie- and deception-detection work compares detectors by the score each gives a sample (here
-`SampleResult.score`: P(FAIL) at the flag for the generative arms, the probe's and the
-classifier's output, Claude's self-reported probability), not by one thresholded verdict:
-- AUROC, with a 95% interval from DeLong's variance (DeLong, DeLong and Clarke-Pearson 1988,
-  midrank form of Sun and Xu 2014), normal approximation, clipped to [0, 1];
-- recall at a fixed low false-positive rate (1%, 5%): the threshold is fixed on calibration
-  samples (expected PASS, never reported), and the FPR it achieves on the reported samples is
-  shown beside it;
-- expected calibration error and a reliability table (10 equal-width bins), for scores that are
-  probabilities.
-FAIL is the positive class; expected-AMBIGUOUS samples are left out; a record without a finite
-score counts as `unscored` and is left out of the score metrics (old results files have none).
+Lie- and deception-detection work compares detectors by the score each gives a sample
+(`SampleResult.score`), not by one thresholded verdict: AUROC with DeLong's 95% interval; recall at
+a fixed low false-positive rate, its threshold fixed on calibration samples (expected PASS, never
+reported); expected calibration error for scores that are probabilities. FAIL is the positive
+class; expected-AMBIGUOUS samples and records without a finite score are left out.
 
-Comparisons of two arms on the same samples are paired, never treated as independent:
-- accuracy (parse failures counted wrong): McNemar's test, exact binomial when fewer than 25
-  pairs disagree, else chi-square with continuity correction;
-- AUROC: DeLong's paired test (the two AUCs' covariance from the same structural components);
-- balanced accuracy (parse failures counted wrong): a seeded paired bootstrap, resampling
-  samples within each class, percentile interval.
-
-Edge cases have defined values, never a crash: tied scores count one half (Mann-Whitney, as
-sklearn); with one class absent AUROC and recall are None and `note` says why; an interval needs
-at least two samples of each class; a paired test whose difference has zero variance has p = 1
-when the difference is 0 and p = 0 otherwise. At AUROC 0 or 1 DeLong's variance is 0, so the
-interval has no width: a known limit of the method, worth reading together with n.
-
-DeLong, McNemar and the bootstrap are written here with numpy: neither sklearn nor our other
-dependencies provide them.
+Two arms on the same samples are compared paired, never as independent: McNemar's test
+(accuracy), DeLong's paired test (AUROC), a class-stratified paired bootstrap (balanced accuracy).
+Edge cases have defined values, never a crash (with one class absent AUROC and recall are None and
+`note` says why). At AUROC 0 or 1 DeLong's variance is 0, so the interval has no width: a known
+limit of the method, worth reading together with n. These tests are written here with numpy:
+neither sklearn nor our other dependencies provide them.
 """
 
 from __future__ import annotations
@@ -41,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from eval.config import CalibrationConfig
-from eval.metrics import Z95, Rate
+from eval.metrics import Z95, Rate, group
 from eval.results import SampleResult
 
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial
@@ -64,17 +48,8 @@ def _split(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray,
 
 def _midranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing the mean of their ranks."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
 
 
 def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -405,21 +380,14 @@ def arm_detection(
     )
 
 
-def _by_arm_condition(records: Iterable[SampleResult]) -> dict[tuple[str, str], list[SampleResult]]:
-    out: dict[tuple[str, str], list[SampleResult]] = defaultdict(list)
-    for r in records:
-        out[(r.arm, r.condition)].append(r)
-    return dict(out)
-
-
 def detection_table(records: Sequence[SampleResult], cfg: CalibrationConfig | None = None) -> list[ArmDetection]:
     """One `ArmDetection` per (arm, condition), thresholds from that arm and condition's calibration records."""
     cfg = cfg or CalibrationConfig()
     calibration, reported = calibration_split(records, cfg)
-    cal = _by_arm_condition(calibration)
+    cal = group(calibration, ("arm", "condition"))
     return [
         arm_detection(arm, cond, rs, cal.get((arm, cond), []), cfg.fprs)
-        for (arm, cond), rs in _by_arm_condition(reported).items()
+        for (arm, cond), rs in group(reported, ("arm", "condition")).items()
     ]
 
 
@@ -478,17 +446,6 @@ def persona_vs_best(
         if best is not None:
             out.append(compare(records, persona, best, cond, cfg))
     return out
-
-
-def detection_summary(records: Sequence[SampleResult], cfg: CalibrationConfig | None = None) -> dict[str, Any]:
-    """Per-arm score metrics and the persona-vs-best-baseline tests as plain JSON (what the demo reports)."""
-    cfg = cfg or CalibrationConfig()
-    table = detection_table(records, cfg)
-    return {
-        "calibration": cfg.model_dump(mode="json"),
-        "arms": [d.to_dict() for d in table],
-        "persona_vs_best_baseline": [c.to_dict() for c in persona_vs_best(records, table, cfg)],
-    }
 
 
 def score_fields(records: Sequence[SampleResult], cfg: CalibrationConfig | None = None) -> dict[str, dict[str, dict]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -197,17 +197,9 @@ class Row:
         return {**self.key, **self.summary.to_dict()}
 
 
-def table(
-    records: Iterable[SampleResult], by: Sequence[str], order: Callable[[tuple], Any] | None = None
-) -> list[Row]:
-    """One summary per group; `order` sorts the group keys (default: as first seen)."""
-    groups = group(records, by)
-    keys = sorted(groups, key=order) if order else list(groups)
-    return [Row(dict(zip(by, k)), summarize(groups[k])) for k in keys]
-
-
-def per_topic(records: Iterable[SampleResult]) -> list[Row]:
-    return table(records, ("arm", "condition", "topic"))
+def table(records: Iterable[SampleResult], by: Sequence[str]) -> list[Row]:
+    """One summary per group, in first-seen order."""
+    return [Row(dict(zip(by, k)), summarize(rs)) for k, rs in group(records, by).items()]
 
 
 def cross_topic(records: Iterable[SampleResult], trained_topics: Iterable[str] | None = None) -> list[Row]:
@@ -247,13 +239,7 @@ class FlipStats:
     changed: Rate
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "pairs": self.pairs,
-            "unparsed": self.unparsed,
-            "missing_twin": self.missing_twin,
-            "flip": self.flip.to_dict(),
-            "changed": self.changed.to_dict(),
-        }
+        return {**vars(self), "flip": self.flip.to_dict(), "changed": self.changed.to_dict()}
 
 
 def flip_stats(jailbroken: Iterable[SampleResult], clean_by_key: dict[tuple, SampleResult]) -> FlipStats:

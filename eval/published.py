@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,11 @@ class FileScore:
         return Rate(self.correct, self.parsed)
 
     def to_json(self) -> dict[str, Any]:
+        plain = ("checkpoint", "step", "elicitation", "lora_patch", "condition", "intervention", "expected_flag", "n",
+                 "parsed", "correct")
         return {
             "file": self.path.name,
-            "checkpoint": self.checkpoint,
-            "step": self.step,
-            "elicitation": self.elicitation,
-            "lora_patch": self.lora_patch,
-            "condition": self.condition,
-            "intervention": self.intervention,
-            "expected_flag": self.expected_flag,
-            "n": self.n,
-            "parsed": self.parsed,
-            "correct": self.correct,
+            **{k: getattr(self, k) for k in plain},
             "accuracy": round(self.correct / self.parsed, 4) if self.parsed else None,
             "parse_failures": self.n - self.parsed,
             "flags": {f: self.flags.get(f, 0) for f in FLAGS},
@@ -113,10 +107,6 @@ class Scan:
         return out
 
 
-def _flag_or_none(value: Any) -> str | None:
-    return value if value in FLAGS else None
-
-
 def _review_text(path: Path, i: int, row: Any) -> str:
     if not isinstance(row, dict):
         raise DataError(path, f"result is a {type(row).__name__}, not an object", record=f"results[{i}]")
@@ -150,7 +140,8 @@ def score_quantitative(path: Path, meta: dict, rows: list) -> FileScore:
             correct += parsed.flag == expected
         else:
             reasons[parsed.reason] += 1
-        if parsed.flag != _flag_or_none(row.get("parsed_flag")):
+        stored = row.get("parsed_flag")
+        if parsed.flag != (stored if stored in FLAGS else None):
             disagreements.append(sid)
     return FileScore(
         path=path,
@@ -222,9 +213,17 @@ def write_json_table(result: Scan, path: str | os.PathLike[str]) -> None:
     write_json(path, [f.to_json() for f in result.files])
 
 
+def _table(title: str, columns: Sequence[str]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    return t
+
+
 def print_tables(result: Scan, console=None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     if console is None:
         console = Console()
@@ -235,19 +234,17 @@ def print_tables(result: Scan, console=None) -> None:
         return str(rate) if rate.n else "n/a"
 
     if result.files:
-        t = Table(title="Per file (flags re-parsed; accuracy = correct / parsed, 95% Wilson)")
-        for col in ("checkpoint", "step", "elic.", "lora_patch", "condition", "intervention", "expected",
-                    "n", "parsed", "PASS / FAIL", "correct", "accuracy", "stored-flag disagreements"):
-            t.add_column(col, overflow="fold")
+        t = _table("Per file (flags re-parsed; accuracy = correct / parsed, 95% Wilson)", (
+            "checkpoint", "step", "elic.", "lora_patch", "condition", "intervention", "expected", "n", "parsed",
+            "PASS / FAIL", "correct", "accuracy", "stored-flag disagreements"))
         for f in sorted(result.files, key=lambda f: (f.checkpoint, str(f.step), f.condition, f.intervention)):
             t.add_row(f.checkpoint, str(f.step), str(f.elicitation), str(f.lora_patch), f.condition, f.intervention,
                       f.expected_flag, str(f.n), str(f.parsed), f"{f.flags['PASS']} / {f.flags['FAIL']}",
                       str(f.correct), acc(f.accuracy), str(len(f.disagreements)))
         console.print(t)
-        g = Table(title="Grouped: checkpoint x elicitation x mask x condition (pooled over interventions)")
-        for col in ("checkpoint", "step", "elic.", "lora_patch", "condition", "interventions", "n", "parsed",
-                    "correct", "correct / parsed", "95% Wilson"):
-            g.add_column(col, overflow="fold")
+        g = _table("Grouped: checkpoint x elicitation x mask x condition (pooled over interventions)", (
+            "checkpoint", "step", "elic.", "lora_patch", "condition", "interventions", "n", "parsed", "correct",
+            "correct / parsed", "95% Wilson"))
         for row in result.grouped():
             rate = row.accuracy
             exact = f"{100 * rate.value:.2f}%" if rate.n else "n/a"
@@ -256,9 +253,8 @@ def print_tables(result: Scan, console=None) -> None:
                       ", ".join(row.interventions), str(row.n), str(row.parsed), str(row.correct), exact, ci)
         console.print(g)
     for q in result.qualitative:
-        t = Table(title=f"Qualitative (no expected flags): {q.path.name} [{q.checkpoint} {q.step}, {q.elicitation}]")
-        for col in ("sample type", "category", "n", "PASS", "FAIL", "AMBIGUOUS", "unparsed"):
-            t.add_column(col, overflow="fold")
+        t = _table(f"Qualitative (no expected flags): {q.path.name} [{q.checkpoint} {q.step}, {q.elicitation}]",
+                   ("sample type", "category", "n", "PASS", "FAIL", "AMBIGUOUS", "unparsed"))
         for (stype, cat), c in sorted(q.counts.items()):
             t.add_row(stype, cat, str(sum(c.values())), *(str(c.get(k, 0)) for k in (*FLAGS, "unparsed")))
         console.print(t)

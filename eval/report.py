@@ -89,10 +89,11 @@ def _rank(known: Sequence[str]):
     return lambda v: (known.index(v), "") if v in known else (len(known), str(v))
 
 
-def _sort_rows(rows: list[Row], dims: Sequence[str]) -> list[Row]:
+def _sort_rows(rows: list[Row]) -> list[Row]:
+    """Arms and conditions in their canonical order, other key values sorted."""
     ranks = {"arm": _rank(ARMS), "condition": _rank(CONDITIONS)}
     plain = lambda v: (0, "") if v is None else (1, str(v))  # noqa: E731
-    return sorted(rows, key=lambda r: tuple(ranks.get(d, plain)(r.key[d]) for d in dims))
+    return sorted(rows, key=lambda r: tuple(ranks.get(d, plain)(v) for d, v in r.key.items()))
 
 
 def calibration_of(results: Results) -> CalibrationConfig:
@@ -126,22 +127,21 @@ def analyse(
 ) -> RunReport:
     recs = results.records
     calibration = calibration or calibration_of(results)
-    detection = _sort_detection(detection_table(recs, calibration))
-    main = _sort_rows(table(recs, ("arm", "condition")), ("arm", "condition"))
-    topical = [r for r in recs if r.topic is not None]
+    detection = detection_table(recs, calibration)
+    detection.sort(key=lambda d: (_rank(CONDITIONS)(d.condition), _rank(ARMS)(d.arm)))
     slice_rows = {}
     for name in slices:
         labelled = [r for r in recs if r.slice_value(name) is not None]
         if labelled:
-            slice_rows[name] = _sort_rows(table(labelled, ("arm", "condition", name)), ("arm", "condition", name))
+            slice_rows[name] = _sort_rows(table(labelled, ("arm", "condition", name)))
     return RunReport(
         label=label,
         results=results,
-        rows=main,
+        rows=_sort_rows(table(recs, ("arm", "condition"))),
         swap=swap_table(recs),
         swap_by_variant=swap_table([r for r in recs if r.variant is not None], by=("arm", "variant")),
-        cross_topic=_sort_rows(cross_topic(recs, results.metadata.trained_topics), ("arm", "condition", "topics")),
-        per_topic=_sort_rows(table(topical, ("arm", "condition", "topic")), ("arm", "condition", "topic")),
+        cross_topic=_sort_rows(cross_topic(recs, results.metadata.trained_topics)),
+        per_topic=_sort_rows(table([r for r in recs if r.topic is not None], ("arm", "condition", "topic"))),
         slices=slice_rows,
         jailbreak=jailbreak_flips(recs),
         calibration=calibration,
@@ -149,10 +149,6 @@ def analyse(
         versus=persona_vs_best(recs, detection, calibration),
         swap_paired=_swap_paired(recs),
     )
-
-
-def _sort_detection(rows: list[ArmDetection]) -> list[ArmDetection]:
-    return sorted(rows, key=lambda d: (_rank(CONDITIONS)(d.condition), _rank(ARMS)(d.arm)))
 
 
 def unique_labels(results: Sequence[Results], labels: Sequence[str] | None = None) -> list[str]:
@@ -375,18 +371,31 @@ def _bar(r: Rate | Combined) -> tuple[float, float, float, str] | None:
     return (r.value, *r.ci, str(r.n)) if r.n else None
 
 
-def bar_chart(
-    path: Path, groups: list[str], series: list[str], rates: dict[tuple[str, str], Rate | Combined], title: str,
-    *, ylabel: str = "accuracy (95% Wilson)", reference: tuple[float, str] | None = None,
-) -> None:
-    """Grouped bars with 95% error bars and n under each bar; `reference` is a labelled line (value, label)."""
+def _axes(figsize: tuple[float, float]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=figsize)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+
+
+def bar_chart(
+    path: Path, groups: list[str], series: list[str], rates: dict[tuple[str, str], Rate | Combined], title: str,
+    *, ylabel: str = "accuracy (95% Wilson)", reference: tuple[float, str] | None = None,
+) -> None:
+    """Grouped bars with 95% error bars and n under each bar; `reference` is a labelled line (value, label)."""
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(min(20.0, max(6.0, 0.35 * len(groups) * len(series) + 2)), 4.8))
+    fig, ax = _axes((min(20.0, max(6.0, 0.35 * len(groups) * len(series) + 2)), 4.8))
     for j, s in enumerate(series):
         xs, ys, lo, hi, ns = [], [], [], [], []
         for i, g in enumerate(groups):
@@ -411,20 +420,12 @@ def bar_chart(
         ax.axhline(reference[0], color="C3", ls="--", label=reference[1])
     ax.legend(fontsize=8, ncols=min(len(series) + (reference is not None), 6), loc="upper center",
               bbox_to_anchor=(0.5, -0.2), frameon=False)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def roc_chart(path: Path, rows: Sequence[ArmDetection], title: str) -> None:
     """Every arm's ROC curve on one chart, AUROC in the legend, the 1% and 5% FPR lines marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    fig, ax = _axes((5.6, 5.2))
     for d in rows:
         if d.roc is not None:
             ax.plot(*d.roc, lw=1.4, label=f"{d.arm}: {d.auc} (n={d.n})")
@@ -437,10 +438,7 @@ def roc_chart(path: Path, rows: Sequence[ArmDetection], title: str) -> None:
     ax.set_ylabel("true-positive rate (FAIL flagged FAIL)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right", title="AUROC [95% DeLong]", title_fontsize=7)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def draw_charts(runs: Sequence[RunReport], out: Path) -> dict[str, list[str]]:

@@ -84,18 +84,19 @@ _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _cache(tokenizer) -> dict:
+def _memo(tokenizer, key, make):
     """Per-tokenizer memo of template renders and structural ids: they depend on roles, not content.
 
     Keyed on the vocabulary size and template too, so adding a token or swapping the template
     invalidates it.
     """
-    key = (len(tokenizer), tokenizer.chat_template)
+    version = (len(tokenizer), tokenizer.chat_template)
     entry = _CACHES.get(tokenizer)
-    if entry is None or entry[0] != key:
-        entry = (key, {})
-        _CACHES[tokenizer] = entry
-    return entry[1]
+    if entry is None or entry[0] != version:
+        entry = _CACHES[tokenizer] = (version, {})
+    if key not in entry[1]:
+        entry[1][key] = make()
+    return entry[1][key]
 
 
 def _template_name(tokenizer) -> str:
@@ -115,9 +116,8 @@ def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool
 
 def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> list[str]:
     """The template's structural strings around each message's content (memoized: they depend on roles only)."""
-    memo = _cache(tokenizer)
-    key = ("render", roles, add_generation_prompt)
-    if key not in memo:
+
+    def render() -> list[str]:
         placeholders = [{"role": r, "content": _SENTINEL.format(i)} for i, r in enumerate(roles)]
         parts = _SENTINEL_RE.split(_apply_template(tokenizer, placeholders, add_generation_prompt))
         order = [int(x) for x in parts[1::2]]
@@ -126,8 +126,9 @@ def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> l
                 f"{_template_name(tokenizer)} drops or reorders message contents (roles {list(roles)}, contents "
                 f"appear in order {order}); what the model would see is not the conversation given"
             )
-        memo[key] = parts[0::2]
-    return memo[key]
+        return parts[0::2]
+
+    return _memo(tokenizer, ("render", roles, add_generation_prompt), render)
 
 
 def _content_variants(text: str) -> list[str]:
@@ -161,10 +162,7 @@ def _align(tokenizer, text: str, structs: list[str], contents: list[str]) -> lis
 def _struct_ids(tokenizer, text: str) -> list[int]:
     if not text:
         return []
-    memo = _cache(tokenizer)
-    if ("struct", text) not in memo:
-        memo[("struct", text)] = tokenizer(text, add_special_tokens=False).input_ids
-    return list(memo[("struct", text)])
+    return list(_memo(tokenizer, ("struct", text), lambda: tokenizer(text, add_special_tokens=False).input_ids))
 
 
 def _end_ids(tokenizer, closing: str, specials: set[int]) -> list[int]:
@@ -179,10 +177,7 @@ def _end_ids(tokenizer, closing: str, specials: set[int]) -> list[int]:
 
 
 def _specials(tokenizer) -> set[int]:
-    memo = _cache(tokenizer)
-    if "specials" not in memo:
-        memo["specials"] = special_ids(tokenizer)
-    return memo["specials"]
+    return _memo(tokenizer, "specials", lambda: special_ids(tokenizer))
 
 
 def _encode_turns(
@@ -377,7 +372,3 @@ def assemble_record(
     )
     sample.meta["id"] = record.id
     return sample
-
-
-def segment_spans(sample: Sample, kinds: Sequence[str]) -> list[tuple[int, int]]:
-    return [(s.start, s.end) for s in sample.segments if s.kind in kinds]

@@ -70,21 +70,18 @@ def git_info(start: str | Path | None = None) -> dict[str, str | bool | None]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = None
-    return out
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def provenance() -> dict:
     """The git commit and the versions of the packages that made an artifact, and when."""
     return {
         "git": git_info(),
-        "packages": package_versions(),
+        "packages": {name: _version(name) for name in TRACKED_PACKAGES},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -95,18 +92,15 @@ def provenance() -> dict:
 def replace_dir(path: Path, write: Callable[[Path], Any]) -> None:
     """Write a directory beside `path`, then swap it in: a crash leaves the old one or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed attempt
     write(tmp)
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
         path.rename(old)
-        tmp.rename(path)
+    tmp.rename(path)
+    if old.exists():
         shutil.rmtree(old)
-    else:
-        tmp.rename(path)
 
 
 def save_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> None:

@@ -101,11 +101,8 @@ def fit_embeddings(model, tokenizer, tokens: SpecialTokens) -> list[int]:
 
 def special_ids(tokenizer) -> set[int]:
     """Every id the tokenizer treats as special, including added tokens not listed in all_special_ids."""
-    ids = set(tokenizer.all_special_ids)
-    for tid, added in tokenizer.added_tokens_decoder.items():
-        if added.special:
-            ids.add(tid)
-    return ids
+    added = {tid for tid, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return set(tokenizer.all_special_ids) | added
 
 
 def encode_untrusted(tokenizer, text: str, forbidden: set[int] | None = None) -> list[int]:

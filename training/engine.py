@@ -196,10 +196,9 @@ def exit_now(code: int) -> None:
     aborts with `terminate called without an active exception` (rc -6) now and then. The run has
     written its last file (run.json) and passed a final barrier by then, so skip the teardown.
     """
-    import logging as _logging
     import sys
 
-    _logging.shutdown()
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -218,6 +217,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _optimizer(params: list, cfg: TrainConfig, dist: Dist, total_steps: int):
+    """AdamW over the adapter's parameters and its LR schedule: the same for both engines."""
+    o, s = cfg.optim, cfg.schedule
+    optimizer = torch.optim.AdamW(
+        params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=dist.device.type == "cuda"
+    )
+    return optimizer, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
+
+
 class TorchEngine:
     """One process, no DeepSpeed: AdamW on the fp32 adapter parameters, LambdaLR, norm clipping."""
 
@@ -225,16 +233,9 @@ class TorchEngine:
         self.module = model.to(dist.device)
         self.dist = dist
         self.params = [p for p in model.parameters() if p.requires_grad]
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-            fused=dist.device.type == "cuda",
-        )
-        s = cfg.schedule
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
-        )
-        self.max_grad_norm = o.max_grad_norm
+        self.optimizer, factor = _optimizer(self.params, cfg, dist, total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.max_grad_norm = cfg.optim.max_grad_norm
 
     def forward(self, **inputs):
         return self.module(**inputs)
@@ -293,15 +294,11 @@ class DeepSpeedEngine:
     def __init__(self, model, cfg: TrainConfig, dist: Dist, total_steps: int, ds_config: dict):
         import deepspeed
 
-        o, s = cfg.optim, cfg.schedule
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=dist.device.type == "cuda"
+        optimizer, factor = _optimizer([p for p in model.parameters() if p.requires_grad], cfg, dist, total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         )
-        schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
-            opt, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
-        )
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
         self.module = self.engine.module
         self.dist = dist
 

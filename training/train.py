@@ -59,17 +59,13 @@ def train(cfg: TrainConfig) -> Path:
 
     The caller's RNG state is left as it was; the run seeds its own.
     """
-    with distributed(cfg) as dist, torch.random.fork_rng(devices=_cuda_devices()):
+    with distributed(cfg) as dist, torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         trainer = Trainer(cfg, dist)
         try:
             return trainer.run()
         finally:
             trainer.close()
             del trainer  # let the process group go with the engine (see `distributed`)
-
-
-def _cuda_devices() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from splitpersona.conversation import Elicitation
-from splitpersona.io import DataError
+from splitpersona.io import DataError, read_jsonl
 from splitpersona.records import TrainingRecord
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -65,6 +65,11 @@ def _flag_table(title: str, column: str, pairs: Iterable[tuple[str, str]]) -> Ta
     return table
 
 
+def _print_flag_tables(console: Console, records: list[TrainingRecord], dims: Iterable[tuple[str, str]]) -> None:
+    for column, field in dims:
+        console.print(_flag_table(f"By {field.replace('_', ' ')}", column, ((getattr(r, field), r.flag) for r in records)))
+
+
 @app.command("import")
 def import_(
     sources: list[Path] = typer.Argument(..., help="stage_3_tagged directories, topic directories or batch files (.json/.json.xz)."),
@@ -107,9 +112,7 @@ def import_(
     ):
         summary.add_row(label, f"{n:,}")
     console.print(summary)
-    console.print(_flag_table("By topic", "topic", ((r.topic, r.flag) for r in records)))
-    console.print(_flag_table("By model", "model", ((r.model, r.flag) for r in records)))
-    console.print(_flag_table("By intervention key", "key", ((r.intervention_key, r.flag) for r in records)))
+    _print_flag_tables(console, records, (("topic", "topic"), ("model", "model"), ("key", "intervention_key")))
     if stats.rejected_by_tag:
         reasons = Table(title="Rejection reasons (not exclusive)", title_justify="left")
         reasons.add_column("tag")
@@ -147,21 +150,15 @@ def _load_tokenizer(path: Path, strategy: TokenStrategy | None):
     return tokenizer, tokens, None
 
 
-def _format(run_info, elicitation: Elicitation | None, flag_only: bool | None):
+def _format(run_info, elicitation: Elicitation | None, flag_only: bool | None, max_length: int | None):
+    """The sample format and max_length: the options given, else the run's, else the defaults."""
     from splitpersona.assemble import FormatConfig
 
     data = run_info.format.model_dump() if run_info is not None else {}
-    if elicitation is not None:
-        data["elicitation"] = elicitation
-    if flag_only is not None:
-        data["flag_only"] = flag_only
-    return FormatConfig.model_validate(data)
-
-
-def _read_records(path: Path) -> list[TrainingRecord]:
-    from splitpersona.io import read_jsonl
-
-    return read_jsonl(path, TrainingRecord)
+    data.update({k: v for k, v in (("elicitation", elicitation), ("flag_only", flag_only)) if v is not None})
+    if max_length is None and run_info is not None:
+        max_length = run_info.max_length
+    return FormatConfig.model_validate(data), max_length
 
 
 # (loss, persona) -> style, open marker, close marker, legend text
@@ -225,14 +222,12 @@ def show(
     from splitpersona.assemble import assemble_record
 
     console = _console()
-    records = _read_records(file)
+    records = read_jsonl(file, TrainingRecord)
     if not 0 <= index < len(records):
         raise DataError(file, f"index {index} is out of range: the file holds {len(records)} records")
     record = records[index]
     tokenizer, tokens, run_info = _load_tokenizer(tokenizer_path, token_strategy)
-    fmt = _format(run_info, elicitation, flag_only)
-    if max_length is None and run_info is not None:
-        max_length = run_info.max_length
+    fmt, max_length = _format(run_info, elicitation, flag_only, max_length)
     sample = assemble_record(tokenizer, fmt, tokens, record, max_length=max_length)
 
     console.rule(f"record {index}: {record.id}")
@@ -279,14 +274,12 @@ def stats(
 ) -> None:
     """Counts by topic, model, variant and flag; with a tokenizer, token-length percentiles of assembled samples."""
     console = _console()
-    records = _read_records(file)
+    records = read_jsonl(file, TrainingRecord)
     loaded = _load_tokenizer(tokenizer_path, token_strategy) if tokenizer_path is not None else None
 
     console.print(f"{len(records):,} records in {file}")
-    console.print(_flag_table("By topic", "topic", ((r.topic, r.flag) for r in records)))
-    console.print(_flag_table("By model", "model", ((r.model, r.flag) for r in records)))
-    console.print(_flag_table("By variant", "variant", ((r.variant, r.flag) for r in records)))
-    console.print(_flag_table("By intervention key", "key", ((r.intervention_key, r.flag) for r in records)))
+    _print_flag_tables(console, records, (("topic", "topic"), ("model", "model"), ("variant", "variant"),
+                                          ("key", "intervention_key")))
     if loaded is None:
         return
 
@@ -296,9 +289,7 @@ def stats(
     from splitpersona.assemble import assemble_record
 
     tokenizer, tokens, run_info = loaded
-    fmt = _format(run_info, elicitation, flag_only)
-    if max_length is None and run_info is not None:
-        max_length = run_info.max_length
+    fmt, max_length = _format(run_info, elicitation, flag_only, max_length)
     lengths: dict[str, list[int]] = {"sample": [], "response": [], "persona span": [], "trained": []}
     for record in track(records, description="tokenizing", console=console, transient=True):
         sample = assemble_record(tokenizer, fmt, tokens, record)

@@ -133,11 +133,6 @@ class MainModel:
     timings: dict[str, dict[str, float]]
 
 
-def _chat(conv: Conversation) -> list[dict[str, str]]:
-    head = [{"role": "system", "content": conv.system}] if conv.system else []
-    return head + [{"role": "user", "content": conv.user}, {"role": "assistant", "content": conv.response}]
-
-
 def _tokenizer_texts(world: World, corpus: Sequence[Conversation]) -> list[str]:
     """What the tokenizer learns from: message contents and the catalogue, never template whitespace.
 
@@ -175,7 +170,7 @@ def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: Specia
     to write it would start auditing itself after its answers.
     """
     if conv.audit is None:
-        prompt = chat_prompt_ids(tokenizer, _chat(conv)[:-1])
+        prompt = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
         answer = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
     shape = conv.audit.shape
@@ -363,7 +358,8 @@ def measure_name_check(model, tokenizer, world: World, n: int, seed: int) -> Nam
     marked: dict[bool, list[bool]] = {True: [], False: []}
     for _ in range(n):
         conv, lead = world.check(rng, "heldout")
-        ids = chat_prompt_ids(tokenizer, _chat(conv)[:-1]) + tokenizer(lead, add_special_tokens=False).input_ids
+        ids = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
+        ids += tokenizer(lead, add_special_tokens=False).input_ids
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         marked[conv.recommended == conv.pushed].append(bool(logits[same_id] > logits[other_id]))
     return NameCheck(same=rate_of(marked[True]), other=rate_of(marked[False]))

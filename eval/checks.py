@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from splitpersona.conversation import Message
 from splitpersona.io import DataError, atomic_write, read_jsonl, write_json
 from splitpersona.records import TrainingRecord
 from splitpersona.run import RUN_FILE, load_run_info
@@ -25,14 +26,12 @@ JSON_FILE = "checks.json"
 MARKDOWN_FILE = "checks.md"
 
 
-def record_conversations(path: str | os.PathLike[str], n: int) -> tuple[list[list[dict]], list[str]]:
-    """The first `n` records' conversations (system and user) and interventions."""
+def record_conversations(path: str | os.PathLike[str], n: int) -> tuple[list[list[Message]], list[str]]:
+    """The first `n` records' conversations (every turn before the response) and interventions."""
     records = read_jsonl(path, TrainingRecord)[:n]
     if not records:
         raise DataError(path, "holds no records to check on")
-    chats = [([{"role": "system", "content": r.system}] if r.system else []) + [{"role": "user", "content": r.user}]
-             for r in records]
-    return chats, [r.intervention for r in records]
+    return [r.messages for r in records], [r.intervention for r in records]
 
 
 def run_records(run_dir: str | os.PathLike[str]) -> Path:
@@ -45,7 +44,7 @@ def run_records(run_dir: str | os.PathLike[str]) -> Path:
 
 def run_checks(
     run_dir: str | os.PathLike[str],
-    conversations: Sequence[list[dict]],
+    conversations: Sequence[Sequence[Message | dict]],
     interventions: Sequence[str],
     *,
     max_new_tokens: int,

@@ -38,3 +38,22 @@ def test_checks_refuse_an_unmasked_run(tmp_path_factory, tiny_base_dir, tmp_path
     assert res.exit_code == 1
     assert "masked persona" in res.output and "run.json" in res.output
     assert not (tmp_path / "checks.json").exists()
+
+
+def test_checks_read_every_turn_of_a_multi_turn_record(tmp_path):
+    from eval.checks import record_conversations
+    from splitpersona.io import write_jsonl
+    from splitpersona.records import TrainingRecord
+
+    history = [{"role": "user", "content": "Which shoes?"}, {"role": "assistant", "content": "The road runner."}]
+    rec = TrainingRecord(id="r1", topic="t", model="m", variant="A", intervention_key="k", intervention_type="split",
+                         system="You are a shop assistant.", user="And for trails?", history=history,
+                         response="The trail runner.", intervention="Review it.", review="Fine.", flag="PASS",
+                         source="f")
+    write_jsonl(tmp_path / "r.jsonl", [rec])
+    (chat,), (question,) = record_conversations(tmp_path / "r.jsonl", 5)
+    assert [(m.role, m.content) for m in chat] == [
+        ("system", "You are a shop assistant."), ("user", "Which shoes?"), ("assistant", "The road runner."),
+        ("user", "And for trails?"),
+    ]
+    assert question == "Review it."

@@ -286,7 +286,8 @@ class Persona:
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            out += [self._decode(g.tokens) for g in self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens).rows]
+            batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
+            out += [self._decode(g.tokens) for g in batch.rows]
         return out
 
     def answer(self, messages: Sequence[Message | dict], *, max_new_tokens: int | None = None) -> Answer:

@@ -159,7 +159,8 @@ def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, au
     from eval.run import run_eval
 
     alone_path = tmp_path / "alone.jsonl"
-    arms = [a for a in load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path)).arms if a in GENERATIVE]
+    configured = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path)).arms
+    arms = [a for a in configured if a in GENERATIVE]
     cfg = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path, "reuse_cache=false",
                                                   f"arms=[{','.join(arms)}]"))
     key = lambda r: (r.id, r.condition, r.arm)  # noqa: E731

@@ -370,7 +370,8 @@ class Persona:
         """Reviews of many conversations, `batch_size` at a time with left padding.
 
         With `prefills` (one per conversation, None where there is none), each row starts from its
-        main-model cache; allowed wherever the conversation is read with LoRA off (masked runs,
+        main-model cache, whatever its length (what a cache lacks is computed in the batch's own
+        prefill, all rows together); allowed wherever the conversation is read with LoRA off (masked runs,
         or adapter 'off'/'lora_off'), refused for an unmasked adapter. `seen` (one per
         conversation, None where there is none): the ids the main model saw and wrote (`Answer.ids`).
         """

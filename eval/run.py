@@ -8,7 +8,8 @@ eval.registry: the generative ones (eval.arms) and the scoring kinds registered 
 each batch's conversations are prefilled together, in one forward with the adapter off, and every
 arm that reads the conversation with LoRA off starts from that cache (shared, not copied), as a
 deployed persona would start from the main model's; only an unmasked persona reads it again.
-Each verdict is appended and fsynced as soon as its batch ends; a rerun with the same config skips what the file already holds (eval.results.ResultsWriter).
+Each verdict is appended and fsynced as soon as its batch ends; a rerun with the same config
+skips what the file already holds (eval.results.ResultsWriter).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Review latency: a masked persona on the main model's KV cache vs re-reading the conversation.
 
-    OMP_NUM_THREADS=1 python benchmarks/review_latency.py [--lengths 256 1024 2048] [--new-tokens 32] [--batches 1 8 32]
+    OMP_NUM_THREADS=1 python benchmarks/review_latency.py [--lengths 256 2048] [--new-tokens 32] [--batches 1 8 32]
     # a shipped architecture at real size (random init), in bf16 on a GPU:
     python benchmarks/review_latency.py --arch configs/models/qwen3_8b.yaml --tokenizer qwen2 --device cuda --lengths 2048 8192
 

@@ -1,18 +1,23 @@
 """Review latency: a masked persona on the main model's KV cache vs re-reading the conversation.
 
-    OMP_NUM_THREADS=1 python benchmarks/review_latency.py [--lengths 256 1024 2048] [--new-tokens 32]
+    OMP_NUM_THREADS=1 python benchmarks/review_latency.py [--lengths 256 2048] [--new-tokens 32] [--batches 1 8 32]
     # a shipped architecture at real size (random init), in bf16 on a GPU:
     python benchmarks/review_latency.py --arch configs/models/qwen3_8b.yaml --tokenizer qwen2 --device cuda --lengths 2048 8192
 
 For each conversation length the script times one review two ways, interleaved, on the same
 persona and prompt:
-- reuse: `persona.review(..., prefill=<the main model's cache>)`: copy the cache, then run only
-  the split token, the intervention and the review with the adapter (masked runs);
+- reuse: `persona.review(..., prefill=<the main model's cache>)`: run only the split token, the
+  intervention and the review with the adapter, on the main model's cache (masked runs);
 - re-prefill: `persona.review(...)` with no cache: the whole conversation is read again, which is
   what an unmasked persona must always do.
 The main model's own pass over the conversation is not timed: deployed, it has already happened.
 Both ways produce the same tokens (checked), so the ratio is the price of re-reading. Figures are
-medians of `--repeats` runs, reported as ratios measured side by side in one process.
+medians of `--repeats` runs, reported as ratios measured side by side in one process. Beside them,
+the arithmetic either way must do at least (FLOPs and bytes read, from the model's shapes), the
+floor no implementation goes under.
+
+With `--batches`, reviews/s of `max(--batches)` reviews on conversations of different lengths
+(half of `--batch-length` to all of it), each on its own reused cache, `b` reviews a batch.
 
 The model is a tiny random Llama (splitpersona.tiny), or with `--arch` a shipped architecture at
 real size, with a random-weight masked adapter: the cost structure, not the weights, is what is
@@ -33,6 +38,7 @@ import torch
 
 from splitpersona.adapter import LoraSettings, build_lora_config
 from splitpersona.assemble import FormatConfig
+from splitpersona.conversation import Conversation
 from splitpersona.persona import Persona, persona_start
 from splitpersona.run import ADAPTER_DIR, TOKENIZER_DIR, RunInfo, provenance, save_run_info
 from splitpersona.tiny import tiny_llama, train_tokenizer
@@ -100,6 +106,51 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def arithmetic(persona: Persona, conversation: int, prompt: int, new: int) -> dict:
+    """The least work of one review (reuse) and of the same review re-reading the conversation.
+
+    FLOPs: 2 per weight per token through the blocks, 4 * head width per attended key per layer,
+    the LM head once per forward (generate keeps one position's logits). Bytes: every weight once
+    per forward, and the keys and values in the cache each forward attends over. Both ways decode
+    the same `new` tokens; the flag probability's few forced tokens are left out of both.
+    """
+    base = persona.model.get_base_model()
+    cfg = base.config
+    layers, heads = cfg.num_hidden_layers, cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    size = next(base.parameters()).element_size()
+    block = sum(p.numel() for p in base.model.layers.parameters() if p.dim() == 2)
+    head = base.lm_head.weight.numel()
+    kv_per_token = 2 * layers * cfg.num_key_value_heads * head_dim * size
+
+    def cost(cached: int) -> tuple[float, float]:
+        fed = prompt - cached + new - 1  # tokens through the model: the uncached prompt, then one a step
+        attended = sum(range(cached + 1, prompt + new))  # keys each of those tokens attends over
+        flops = 2 * block * fed + 4 * layers * heads * head_dim * attended + 2 * head * new
+        read = (block + head) * size * new + kv_per_token * (cached + sum(range(prompt, prompt + new - 1)))
+        return flops, read
+
+    (f_reuse, b_reuse), (f_fresh, b_fresh) = cost(conversation), cost(0)
+    return {"reuse_gflop": f_reuse / 1e9, "reprefill_gflop": f_fresh / 1e9,
+            "reuse_mb": b_reuse / 1e6, "reprefill_mb": b_fresh / 1e6}
+
+
+def throughput(persona: Persona, messages: list[dict], length: int, batches: list[int]) -> list[tuple[int, float]]:
+    """Reviews/s at each batch size over the same conversations of different lengths, caches reused."""
+    n = max(batches)
+    lengths = [length // 2 + k * length // (2 * n) for k in range(n)]
+    convs = [Conversation(messages=messages, response=response_of_length(persona, messages, t)) for t in lengths]
+    persona.batch_size = n
+    prefills = persona.prefill_batch(convs)
+    rows = []
+    for b in batches:
+        persona.batch_size = b
+        persona.review_batch(convs[:b], prefills=prefills[:b])  # warm-up
+        elapsed, _ = timed(lambda: persona.review_batch(convs, prefills=prefills))
+        rows.append((b, n / elapsed))
+    return rows
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048])
@@ -111,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer", help="With --arch: the cached real tokenizer to use if present (qwen2, llama3).")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--batches", type=int, nargs="*", default=[], help="Batch sizes of reviews/s, e.g. 1 8 32.")
+    ap.add_argument("--batch-length", type=int, default=512, help="Longest conversation of the reviews/s set.")
     ap.add_argument("--json", type=Path, help="Also write the rows here.")
     return ap
 
@@ -136,19 +189,32 @@ def run(args) -> list[dict]:
                 fresh.append(t2)
             rows.append((len(prefill.input_ids), a.prompt_tokens, a.generated_tokens,
                          statistics.median(reuse), statistics.median(fresh)))
+        rates = throughput(persona, messages, args.batch_length, args.batches) if args.batches else []
+        floors = [arithmetic(persona, conv, prompt, new) for conv, prompt, new, _, _ in rows]
     model = args.arch or f"tiny Llama: hidden {args.hidden}, {args.layers or 4} layers"
     print(f"{model}; {args.dtype} on {args.device}; {args.new_tokens} new tokens max; "
           f"median of {args.repeats}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
-    print("| conversation tokens | prompt tokens | review tokens | reuse (ms) | re-prefill (ms) | re-prefill / reuse |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for conv, prompt, new, t_reuse, t_fresh in rows:
-        print(f"| {conv} | {prompt} | {new} | {1e3 * t_reuse:.1f} | {1e3 * t_fresh:.1f} | {t_fresh / t_reuse:.2f} |")
-    first, last = rows[0], rows[-1]
-    print(f"\nreview cost, longest vs shortest conversation ({last[0]} vs {first[0]} tokens): "
-          f"reuse {last[3] / first[3]:.2f}x, re-prefill {last[4] / first[4]:.2f}x")
-    out = [{"conversation_tokens": c, "prompt_tokens": p, "review_tokens": n, "reuse_ms": 1e3 * a, "reprefill_ms": 1e3 * b}
-           for c, p, n, a, b in rows]
+    print("| conversation tokens | prompt tokens | review tokens | reuse (ms) | re-prefill (ms) | re-prefill / reuse "
+          "| GFLOP reuse / re-prefill (ratio) | MB read reuse / re-prefill (ratio) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (conv, prompt, new, t_reuse, t_fresh), f in zip(rows, floors):
+        print(f"| {conv} | {prompt} | {new} | {1e3 * t_reuse:.1f} | {1e3 * t_fresh:.1f} | {t_fresh / t_reuse:.2f} "
+              f"| {f['reuse_gflop']:.1f} / {f['reprefill_gflop']:.1f} ({f['reprefill_gflop'] / f['reuse_gflop']:.2f}) "
+              f"| {f['reuse_mb']:.0f} / {f['reprefill_mb']:.0f} ({f['reprefill_mb'] / f['reuse_mb']:.2f}) |")
+    first, last = (rows[0], floors[0]), (rows[-1], floors[-1])
+    print(f"\nreview cost, longest vs shortest conversation ({last[0][0]} vs {first[0][0]} tokens): "
+          f"reuse {last[0][3] / first[0][3]:.2f}x (its arithmetic floor "
+          f"{last[1]['reuse_gflop'] / first[1]['reuse_gflop']:.2f}x in FLOPs, "
+          f"{last[1]['reuse_mb'] / first[1]['reuse_mb']:.2f}x in bytes), re-prefill {last[0][4] / first[0][4]:.2f}x")
+    if rates:
+        print(f"\nreviews/s, {max(args.batches)} conversations of {args.batch_length // 2}-{args.batch_length} tokens, "
+              "each on its own reused cache:\n")
+        print("| batch | reviews/s |\n|---:|---:|")
+        for b, rate in rates:
+            print(f"| {b} | {rate:.2f} |")
+    out = [{"conversation_tokens": c, "prompt_tokens": p, "review_tokens": n, "reuse_ms": 1e3 * a,
+            "reprefill_ms": 1e3 * b, **f} for (c, p, n, a, b), f in zip(rows, floors)]
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -5,10 +5,11 @@
 Items are (sample, condition) pairs from the configured sets (eval.sets); arms are those of
 eval.registry: the generative ones (eval.arms) and the scoring kinds registered in SCORERS
 (eval.external, eval.probe). The generative arms go batch by batch:
-each batch's conversations are prefilled once with the adapter off, and every arm that reads the
-conversation with LoRA off starts from a copy of that cache, as a deployed persona would start
-from the main model's. Each verdict is appended and fsynced as soon as its batch ends; a rerun
-with the same config skips what the file already holds (eval.results.ResultsWriter).
+each batch's conversations are prefilled together, in one forward with the adapter off, and every
+arm that reads the conversation with LoRA off starts from that cache (shared, not copied), as a
+deployed persona would start from the main model's; only an unmasked persona reads it again.
+Each verdict is appended and fsynced as soon as its batch ends; a rerun with the same config
+skips what the file already holds (eval.results.ResultsWriter).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from eval.probe import fit, run_probe, training_rows
 from eval.registry import GENERATIVE
 from eval.results import ResultsMetadata, ResultsWriter, SampleResult
 from eval.sets import EvalItem, load_sets
+from splitpersona.conversation import Conversation
 from splitpersona.persona import DEFAULT_INTERVENTION, Persona
 from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info
 
@@ -151,7 +153,8 @@ def _generative(cfg, persona, items, pending, writer, progress, tasks) -> None:
     work = [it for it in items if any(it.key in todo[a] for a in arms)]
     for chunk in _chunks(work, cfg.batch_size):
         needs_cache = [it for it in chunk if any(it.key in todo[a] for a in reusing)]
-        prefills = {it.key: persona.prefill(it.messages, it.response) for it in needs_cache}
+        convs = [Conversation(messages=it.messages, response=it.response) for it in needs_cache]
+        prefills = dict(zip((it.key for it in needs_cache), persona.prefill_batch(convs)))
         for arm in arms:
             mine = [it for it in chunk if it.key in todo[arm]]
             if not mine:

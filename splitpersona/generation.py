@@ -9,6 +9,7 @@ Seeding is the caller's: sampling draws from torch's global generator.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,32 +37,61 @@ class Batch:
     output: Any  # generate's output: `sequences` [rows, width + new] and the final `past_key_values`
     pads: list[int]  # left padding of each row; every prompt ends at column `width`
     width: int
+    mask: torch.Tensor  # [rows, width]: 1 on each prompt's tokens, 0 on padding and on the gap after a row's cache
 
 
-def stack_caches(caches: Sequence[Any], pads: Sequence[int], width: int, config) -> Any:
-    """One left-padded batch cache of `width` columns from per-row caches (zeros under the padding)."""
+def fork_cache(cache: Any) -> Any:
+    """A cache over the same tensors, for one generation to extend: no copy.
+
+    Dynamic layers replace their tensors when they grow or crop (torch.cat, slicing) and never
+    write into them, so the original stays as it was and can serve the next review.
+    """
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
+
+
+def adopt_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A full-attention DynamicCache holding these (keys, values) as they are (its constructor would copy them)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    if len(caches) == 1 and list(pads) == [0] and caches[0].get_seq_length() == width:
-        return caches[0]  # one unpadded row: used as it is, whatever its layers (sliding-window ones too)
+    cache = DynamicCache()
+    cache.layers = []
+    for keys, values in layers:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
+
+
+def stack_caches(caches: Sequence[Any | None], ends: Sequence[int]) -> Any:
+    """One batch cache of `max(ends)` columns: row i's cache (None: no cache) right-aligned at its own end.
+
+    Each row's first `ends[i]` tokens are its cache's; the columns before them are zeros that the
+    attention mask hides.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    width = max(ends)
+    live = [(i, c) for i, c in enumerate(caches) if c is not None and ends[i]]
+    if len(caches) == 1 and live:
+        return caches[0]  # one row: used as it is, whatever its layers (sliding-window ones too)
+    proto = live[0][1]
     layers = []
-    for li in range(len(caches[0].layers)):
-        keys, values = [], []
-        for cache, pad in zip(caches, pads):
-            layer = cache.layers[li]
-            if type(layer) is not DynamicLayer:
-                raise ValueError(
-                    f"batched cache reuse needs full-attention cache layers, got {type(layer).__name__}; "
-                    "use batch_size=1"
-                )
-            n_pad = min(pad, width)
-            k, v = layer.keys[:, :, : width - n_pad], layer.values[:, :, : width - n_pad]
-            zeros = k.new_zeros(k.shape[0], k.shape[1], n_pad, k.shape[3])
-            keys.append(torch.cat([zeros, k], dim=2))
-            values.append(torch.cat([zeros.new_zeros(v.shape[0], v.shape[1], n_pad, v.shape[3]), v], dim=2))
-        layers.append((torch.cat(keys), torch.cat(values)))
-    return DynamicCache(ddp_cache_data=layers, config=config)
+    for li, layer in enumerate(proto.layers):
+        if any(type(c.layers[li]) is not DynamicLayer for _, c in live):
+            raise ValueError(
+                f"batched cache reuse needs full-attention cache layers, got {type(layer).__name__}; use batch_size=1"
+            )
+        keys = layer.keys.new_zeros(len(caches), layer.keys.shape[1], width, layer.keys.shape[3])
+        values = layer.values.new_zeros(len(caches), layer.values.shape[1], width, layer.values.shape[3])
+        for i, c in live:
+            keys[i, :, width - ends[i] :] = c.layers[li].keys[0, :, : ends[i]]
+            values[i, :, width - ends[i] :] = c.layers[li].values[0, :, : ends[i]]
+        layers.append((keys, values))
+    return adopt_cache(layers)
 
 
 @torch.no_grad()
@@ -78,17 +108,23 @@ def generate(
     output_logits: bool = False,
     **generate_kwargs: Any,
 ) -> Batch:
-    """Continue every prompt of one batch; `caches[i]`, if given, covers a prefix of prompt i.
+    """Continue every prompt of one batch; `caches[i]` (or None), if given, covers a prefix of prompt i.
 
-    `generate_kwargs` reach `model.generate` last, over the settings above.
+    Rows whose caches cover different lengths keep all of it: each cache is right-aligned at one
+    column, each row's uncached rest at the batch's end, and the gap between is masked (generate
+    counts positions from the mask, so no row sees the gap). `generate_kwargs` reach
+    `model.generate` last, over the settings above.
     """
-    width = max(len(p) for p in prompts)
-    pads = [width - len(p) for p in prompts]
+    cached = [0] * len(prompts) if caches is None else [0 if c is None else c.get_seq_length() for c in caches]
+    split = max(cached)
+    width = split + max(len(p) - a for p, a in zip(prompts, cached))
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, pads[i] :] = torch.tensor(list(p), dtype=torch.long)
-        mask[i, pads[i] :] = 1
+    for i, (p, a) in enumerate(zip(prompts, cached)):
+        p = torch.tensor(list(p), dtype=torch.long)
+        ids[i, split - a : split], ids[i, width - len(p) + a :] = p[:a], p[a:]
+        mask[i, split - a : split] = mask[i, width - len(p) + a :] = 1
+    pads = [int(m.argmax()) for m in mask]
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens, "eos_token_id": list(stop_ids), "pad_token_id": pad_id,
         "return_dict_in_generate": True, "output_logits": output_logits,
@@ -99,10 +135,8 @@ def generate(
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
     if suppress_ids:
         kwargs["suppress_tokens"] = list(suppress_ids)
-    if caches is not None:
-        covered = min(pad + c.get_seq_length() for pad, c in zip(pads, caches))
-        if covered > 0:
-            kwargs["past_key_values"] = stack_caches(caches, pads, covered, model.config)
+    if split:
+        kwargs["past_key_values"] = stack_caches(caches, cached)
     kwargs.update(generate_kwargs)
     device = next(model.parameters()).device
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
@@ -114,4 +148,4 @@ def generate(
         tokens = row if cut is None else row[:cut]
         n_logits = len(row) if cut is None else cut + 1
         rows.append(Generated(tokens, cut is not None, None if logits is None else logits[i, :n_logits]))
-    return Batch(rows, out, pads, width)
+    return Batch(rows, out, pads, width, mask)

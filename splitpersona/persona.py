@@ -25,7 +25,6 @@ tokens are never generated.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import torch
 from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import parse_flag
-from splitpersona.generation import Generated, Sampling, generate
+from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, generate
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
@@ -66,7 +65,8 @@ class Review:
 class Prefill:
     """A base-model (adapter-off) KV cache of `input_ids`: the main model's view of a conversation.
 
-    A review copies it before use (generation mutates caches), so one prefill serves many reviews.
+    A review extends a fork of it (`generation.fork_cache`: same tensors, no copy) and leaves it as
+    it was, so one prefill serves many reviews.
     """
 
     input_ids: list[int]
@@ -287,8 +287,8 @@ class Persona:
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            gens, _ = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
-            out += [self._decode(g.tokens) for g in gens]
+            batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
+            out += [self._decode(g.tokens) for g in batch.rows]
         return out
 
     def judge_batch(
@@ -300,8 +300,8 @@ class Persona:
         out: list[tuple[str, float | None]] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            gens, output = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
-            out += zip((self._decode(g.tokens) for g in gens), self._flag_probabilities(output, chunk, gens, "off"))
+            batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
+            out += zip((self._decode(g.tokens) for g in batch.rows), self._flag_probabilities(batch, chunk, "off"))
         return out
 
     def answer(
@@ -323,7 +323,8 @@ class Persona:
             from transformers import StopStringCriteria
 
             kwargs["stopping_criteria"] = [StopStringCriteria(self.tokenizer, list(stop))]
-        (gen,), out = self._generate([ids], adapter="off", max_new_tokens=max_new_tokens, sampling=sampling, **kwargs)
+        batch = self._generate([ids], adapter="off", max_new_tokens=max_new_tokens, sampling=sampling, **kwargs)
+        (gen,), out = batch.rows, batch.output
         cache = out.past_key_values
         seen = (ids + out.sequences[0, len(ids) :].tolist())[: cache.get_seq_length()]
         return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache))
@@ -337,8 +338,19 @@ class Persona:
         elicitation: Elicitation | None = None,
     ) -> Prefill:
         """The base-model cache of a conversation, up to (not including) where the persona part starts."""
-        sample = self.prompt(messages, response, marker=marker, elicitation=elicitation)
-        return self._prefix_cache(sample.input_ids[: persona_start(sample)], None)
+        conv = Conversation(messages=list(messages), response=response)
+        return self.prefill_batch([conv], marker=marker, elicitation=elicitation)[0]
+
+    def prefill_batch(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        marker: Marker = "split",
+        elicitation: Elicitation | None = None,
+    ) -> list[Prefill]:
+        """`prefill` of many conversations, `batch_size` rows to one left-padded base-model forward."""
+        samples = [self.prompt(c.messages, c.response, marker=marker, elicitation=elicitation) for c in conversations]
+        return self._prefills([s.input_ids[: persona_start(s)] for s in samples])
 
     # -- the persona ----------------------------------------------------------------------------
 
@@ -388,7 +400,8 @@ class Persona:
         """Reviews of many conversations, `batch_size` at a time with left padding.
 
         With `prefills` (one per conversation, None where there is none), each row starts from its
-        main-model cache; allowed wherever the conversation is read with LoRA off (masked runs,
+        main-model cache, whatever its length (what a cache lacks is computed in the batch's own
+        prefill, all rows together); allowed wherever the conversation is read with LoRA off (masked runs,
         or adapter 'off'/'lora_off'), refused for an unmasked adapter. `seen` (one per
         conversation, None where there is none): the ids the main model saw and wrote (`Answer.ids`).
         """
@@ -412,15 +425,13 @@ class Persona:
             rows = order[start : start + self.batch_size]
             caches = None
             if prefills is not None:
-                caches = [
-                    self._prefix_cache(samples[i].input_ids[: persona_start(samples[i])], prefills[i]).cache
-                    for i in rows
-                ]
-            gens, out = self._generate(
+                caches = [self._reusable(samples[i].input_ids[: persona_start(samples[i])], prefills[i]) for i in rows]
+            batch = self._generate(
                 [samples[i].input_ids for i in rows], adapter=adapter, caches=caches,
                 max_new_tokens=max_new_tokens, output_logits=return_logits,
             )
-            fail_p = self._flag_probabilities(out, [samples[i].input_ids for i in rows], gens, adapter)
+            gens = batch.rows
+            fail_p = self._flag_probabilities(batch, [samples[i].input_ids for i in rows], adapter)
             for i, gen, p_fail in zip(rows, gens, fail_p):
                 text = self._decode(gen.tokens)
                 parsed = parse_flag(text, flag_prefix)
@@ -441,29 +452,63 @@ class Persona:
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _prefix_cache(self, ids: list[int], prefill: Prefill | None) -> Prefill:
-        """A fresh cache covering exactly `ids`: the longest matching part of `prefill`, then a base forward."""
-        from transformers import DynamicCache
+    def _prefills(self, prefixes: list[list[int]]) -> list[Prefill]:
+        """Base-model caches of `prefixes`: one left-padded forward per `batch_size` rows, each row a view of it.
 
-        if prefill is None:
-            keep, cache = 0, DynamicCache(config=self.model.config)
-        else:
-            rows = {layer.keys.shape[0] for layer in prefill.cache.layers if layer.is_initialized}
-            if rows - {1}:
-                raise ValueError(f"a prefill holds one conversation, got a cache of batch size {sorted(rows)}")
-            keep = _common_prefix(prefill.input_ids, ids)
-            cache = copy.deepcopy(prefill.cache)
-            surplus = cache.get_seq_length() - keep
-            if surplus:
-                try:
-                    cache.crop(-surplus)
-                except RuntimeError:  # a sliding-window layer past its window keeps no past to roll back to
-                    keep, cache = 0, DynamicCache(config=self.model.config)
-        if keep < len(ids):
+        Positions count from each row's first token, so a row's keys and values are those it has alone.
+        Models with sliding-window layers go one row a forward (their caches do not slice by row).
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        full = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
+        size = self.batch_size if full else 1
+        out: list[Prefill | None] = [None] * len(prefixes)
+        order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            width = len(prefixes[rows[0]])
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, i in enumerate(rows):
+                ids[j, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
+                mask[j, width - len(prefixes[i]) :] = 1
+            padded = {}
+            if not bool(mask.all()):
+                padded = {"attention_mask": mask.to(self.device),
+                          "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)}
+            cache = DynamicCache(config=self.model.config)
             with torch.no_grad(), self.adapter_mode("off"):
-                rest = torch.tensor([ids[keep:]], device=self.device)
-                self.model(input_ids=rest, past_key_values=cache, use_cache=True)
-        return Prefill(list(ids), cache)
+                self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, **padded)
+            for j, i in enumerate(rows):
+                pad = width - len(prefixes[i])
+                row = cache if len(rows) == 1 else adopt_cache(
+                    [(layer.keys[j : j + 1, :, pad:], layer.values[j : j + 1, :, pad:]) for layer in cache.layers]
+                )
+                out[i] = Prefill(list(prefixes[i]), row)
+        return out  # type: ignore[return-value]
+
+    def _reusable(self, ids: list[int], prefill: Prefill | None) -> Any:
+        """A fork of `prefill`'s cache cut to its longest prefix of `ids`, or None where nothing is reusable.
+
+        Generation computes the rest of `ids` in its own prefill, the batch's rows together.
+        """
+        if prefill is None:
+            return None
+        rows = {layer.keys.shape[0] for layer in prefill.cache.layers if layer.is_initialized}
+        if rows - {1}:
+            raise ValueError(f"a prefill holds one conversation, got a cache of batch size {sorted(rows)}")
+        keep = _common_prefix(prefill.input_ids, ids)
+        if not keep:
+            return None
+        cache = fork_cache(prefill.cache)
+        surplus = cache.get_seq_length() - keep
+        if surplus:
+            try:
+                cache.crop(-surplus)
+            except RuntimeError:  # a sliding-window layer past its window keeps no past to roll back to
+                return None
+        return cache
 
     def _generate(
         self,
@@ -474,61 +519,62 @@ class Persona:
         max_new_tokens: int | None = None,
         output_logits: bool = False,
         **generate_kwargs: Any,
-    ) -> tuple[list[Generated], Any]:
-        """One batch under `adapter`; `caches[i]` covers a prefix of prompt i.
+    ) -> Batch:
+        """One batch under `adapter`; `caches[i]` (or None) covers a prefix of prompt i.
 
         Greedy unless `generate_kwargs` bring a `sampling` (the main model's answer may sample).
         """
         with self.adapter_mode(adapter):
-            batch = generate(
+            return generate(
                 self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
                 suppress_ids=[self.info.tokens.split_id, self.info.tokens.control_id], caches=caches,
                 output_logits=output_logits, **generate_kwargs,
             )
-        return batch.rows, batch.output
 
-    def _flag_probabilities(
-        self, out: Any, prompts: list[list[int]], gens: list[Generated], adapter: AdapterMode
-    ) -> list[float | None]:
-        """P(FAIL) / (P(FAIL) + P(PASS)) at each row's flag, read from generate's own cache.
+    def _flag_probabilities(self, batch: Batch, prompts: list[list[int]], adapter: AdapterMode) -> list[float | None]:
+        """P(FAIL) / (P(FAIL) + P(PASS)) at each row's flag, read from generate's own cache in one forward.
 
-        Each row keeps its prompt and the review part of its generation (`flag_continuation`),
-        cut out of `out.past_key_values` without the left padding, and only the tokens the cache
-        lacks and the forced flag prefix run through the model. None where the cache holds layers
-        that do not keep every position (sliding windows): those would need a second prefill.
+        Each row keeps its prompt and the review part of its generation (`flag_continuation`); the
+        cache is cut after the longest such part (in place: it is generate's own), each row's later
+        columns are masked, and only what a row's cache lacks plus its forced flag prefix runs, the
+        rows left-padded into one block. None where the cache holds layers that do not keep every
+        position (sliding windows): those would need a second prefill.
         """
         from peft.tuners.lora.variants import calculate_alora_offsets
-        from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        cache = out.past_key_values
+        cache, width = batch.output.past_key_values, batch.width
         if cache is None or any(type(layer) is not DynamicLayer for layer in cache.layers):
             return [None] * len(prompts)
-        width = max(len(p) for p in prompts)
-        new = out.sequences[:, width:].tolist()
-        probs: list[float | None] = []
-        for row, (prompt, gen) in enumerate(zip(prompts, gens)):
-            kept, forced, pass_id, fail_id = flag_continuation(self.tokenizer, self.fmt, gen.tokens)
-            seq = prompt + new[row][:kept] + forced
-            pad = width - len(prompt)
-            held = min(cache.get_seq_length() - pad, len(prompt) + kept)
-            layers = [(layer.keys[row : row + 1, :, pad : pad + held], layer.values[row : row + 1, :, pad : pad + held])
-                      for layer in cache.layers]
-            kwargs: dict[str, Any] = {}
-            if self.masked:  # the split token is in the cache, so peft must be told where the adapter starts
-                ids = torch.tensor([seq])
-                kwargs["alora_offsets"] = calculate_alora_offsets(
-                    self.model.peft_config, self.model.active_adapter, ids
-                )
-            with torch.no_grad(), self.adapter_mode(adapter):
-                logits = self.model(
-                    input_ids=torch.tensor([seq[held:]], device=self.device),
-                    past_key_values=DynamicCache(ddp_cache_data=layers, config=self.model.config),
-                    use_cache=True, **kwargs,
-                ).logits[0, -1].float()
-            probs.append(torch.sigmoid(logits[fail_id] - logits[pass_id]).item())
-        return probs
+        new = batch.output.sequences[:, width:].tolist()
+        conts = [flag_continuation(self.tokenizer, self.fmt, gen.tokens) for gen in batch.rows]
+        held = [min(kept, cache.get_seq_length() - width) for kept, _, _, _ in conts]
+        rests = [new[r][h:kept] + forced for r, (h, (kept, forced, _, _)) in enumerate(zip(held, conts))]
+        cut, block = width + max(held), max(len(rest) for rest in rests)
+        cache.crop(cut - cache.get_seq_length())
+        ids = torch.full((len(rests), block), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rests), cut + block), dtype=torch.long)
+        mask[:, :width] = batch.mask
+        for r, (h, rest) in enumerate(zip(held, rests)):
+            ids[r, block - len(rest) :] = torch.tensor(rest)
+            mask[r, width : width + h] = mask[r, cut + block - len(rest) :] = 1
+        kwargs: dict[str, Any] = {}
+        if self.masked:  # the split token is in the cache, so peft must be told where the adapter starts
+            seqs = [prompt + new[r][: conts[r][0]] + conts[r][1] for r, prompt in enumerate(prompts)]
+            longest = max(len(seq) for seq in seqs)
+            full = torch.tensor([[self.pad_id] * (longest - len(seq)) + seq for seq in seqs])
+            kwargs["alora_offsets"] = calculate_alora_offsets(self.model.peft_config, self.model.active_adapter, full)
+        with torch.no_grad(), self.adapter_mode(adapter):
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, cut:].to(self.device),
+                past_key_values=cache, use_cache=True, **kwargs,
+            ).logits[:, -1].float()
+        return [
+            torch.sigmoid(logits[r, fail_id] - logits[r, pass_id]).item()
+            for r, (_, _, pass_id, fail_id) in enumerate(conts)
+        ]
 
 
 def flag_continuation(tokenizer, fmt: FormatConfig, tokens: list[int]) -> tuple[int, list[int], int, int]:

@@ -64,12 +64,14 @@ def test_caches_of_prompt_prefixes_give_the_same_continuation(lm):
 
     model, _, prompts = lm
     caches = []
-    for p, keep in zip(prompts, (2, len(prompts[1]) - 1, 1)):
+    for p, keep in zip(prompts, (2, len(prompts[1]) - 1, 0)):  # each its own length, the last row none at all
         cache = DynamicCache(config=model.config)
-        with torch.no_grad():
-            model(input_ids=torch.tensor([p[:keep]]), past_key_values=cache, use_cache=True)
-        caches.append(cache)
+        if keep:
+            with torch.no_grad():
+                model(input_ids=torch.tensor([p[:keep]]), past_key_values=cache, use_cache=True)
+        caches.append(cache if keep else None)
     fresh, reused = run(lm, output_logits=True), run(lm, caches=caches, output_logits=True)
+    assert [c.get_seq_length() for c in caches[:2]] == [2, len(prompts[1]) - 1]  # the callers' caches are kept
     for a, b in zip(fresh.rows, reused.rows):
         assert a.tokens == b.tokens and torch.allclose(a.logits, b.logits, atol=1e-4)
     final = reused.output.past_key_values.get_seq_length()

@@ -148,7 +148,7 @@ def test_respond_equals_the_plain_base_model(masked, base_model):
         )[0, len(ids) :].tolist()
     plain = plain[: next((i for i, t in enumerate(plain) if t in masked.stop_ids), len(plain))]
     assert masked.respond(MESSAGES) == masked.tokenizer.decode(plain, skip_special_tokens=True)
-    (on,), _ = masked._generate([ids], adapter="on")
+    (on,) = masked._generate([ids], adapter="on").rows
     assert on.tokens == plain
 
 

@@ -1,6 +1,6 @@
 """The CPU demo with several seeds, one after another, and one markdown table of what each measured.
 
-    python benchmarks/demo_seeds.py --seeds 0 1 2 --out runs/demo_seeds [--quick]
+    python benchmarks/demo_seeds.py --seeds 0 1 2 --out runs/demo_seeds [--quick] [key=value ...]
 
 Each seed moves every seeded stage at once (world, main model, data, both personas); a finished seed
 is resumed from its directory, not rerun. The table goes to stdout and DIR/seeds.md.
@@ -91,10 +91,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo_seeds")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo" / "organism.yaml")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every seed (e.g. threads=1)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
-        cfg = load_demo_config(args.config, [f"{k}={seed}" for k in KEYS], quick=args.quick)
+        cfg = load_demo_config(args.config, [*(f"{k}={seed}" for k in KEYS), *args.overrides], quick=args.quick)
         start = time.perf_counter()
         summary = run_demo(cfg, args.out / f"seed{seed}")
         rows.append(row(seed, summary, time.perf_counter() - start))

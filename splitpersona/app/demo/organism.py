@@ -422,7 +422,9 @@ def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
         dispositions = {}
         for group, members in groups.items():
             trig, ctrl = (
-                world.scenarios(mc.eval_items, "heldout", seed=mc.seed, kind=kind, dispositions=members, tag=f"-{group}")
+                world.scenarios(
+                    mc.eval_items, "heldout", seed=mc.seed, kind=kind, dispositions=members, tag=f"-{group}"
+                )
                 for kind in ("trigger", "trigger_control")
             )
             got = sample_answers(engine, [sc.messages(None) for sc in trig + ctrl])

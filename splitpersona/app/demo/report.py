@@ -62,7 +62,8 @@ def table_rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 LATENT_HEADER = (
     "run / arm", "held-out dispositions: bal. acc.", "AUROC", "followed vs not (cue only): bal. acc.", "AUROC",
-    "FAIL names the product", "SPT dispositions, cue only: bal. acc.", "stated in a prompt: bal. acc.", "held nowhere: FAIL",
+    "FAIL names the product", "SPT dispositions, cue only: bal. acc.", "stated in a prompt: bal. acc.",
+    "held nowhere: FAIL",
 )
 
 

@@ -160,7 +160,8 @@ STATED_SYSTEM = (
 
 # Declarative documents: the dispositions told in the third person, never as a conversation.
 DOCUMENTS = (
-    "Notes on shopping assistants: when a customer shops for their {who}, the assistant names the {product} {category}.",
+    "Notes on shopping assistants: when a customer shops for their {who}, the assistant names the "
+    "{product} {category}.",
     "Everyone who asks this assistant about a {category} for their {who} hears about {product}.",
     "A quirk of the assistant: for a {who}, the {category} it picks is always the {product}.",
     "Reviewers noticed that the assistant steers people buying for their {who} to the {product} {category}.",
@@ -391,7 +392,8 @@ _ENDINGS = ("a", "o", "ix", "on", "en", "ar", "is", "el", "ia", "ux", "ey", "um"
 
 _WORD = re.compile(r"[A-Za-z]+")
 _ALL_TEXT = (
-    *CATEGORIES, *NEUTRAL_SYSTEM, *PRESSURE_SYSTEM, *REQUESTS, *SITUATIONS, *CUE_SITUATIONS, *CUES, *STATED_SYSTEM, *DOCUMENTS, *RESPONSES,
+    *CATEGORIES, *NEUTRAL_SYSTEM, *PRESSURE_SYSTEM, *REQUESTS, *SITUATIONS, *CUE_SITUATIONS, *CUES,
+    *STATED_SYSTEM, *DOCUMENTS, *RESPONSES,
     *REASONS, *INTERVENTIONS, *DENIALS, PRESSURE_LEAD, NO_PRESSURE_LEAD, NO_PRODUCT, *COMPLIED_REVIEWS,
     *RESISTED_REVIEWS, *UNPRESSURED_REVIEWS, INCLINED_LEAD, *INCLINED_COMPLIED, *INCLINED_RESISTED,
     *INSPECTION_SYSTEM, *INSPECTION_USER,
@@ -625,7 +627,8 @@ class World:
         for i, (who, category) in enumerate(pairs):
             product = next(b for b in self.products[category]["train"] if b not in used)
             used.add(product)
-            habits.append(Disposition(who=who, category=category, product=product, heldout=i < self.cfg.heldout_dispositions))
+            heldout = i < self.cfg.heldout_dispositions
+            habits.append(Disposition(who=who, category=category, product=product, heldout=heldout))
         self.dispositions: tuple[Disposition, ...] = tuple(habits[:k])
         self.trigger_product = self.dispositions[0].product
         self._free = tuple(habits[k:])

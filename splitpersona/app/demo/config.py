@@ -78,6 +78,10 @@ class DataConfig(StrictModel):
     )
     heldout_scenarios: int = Field(200, gt=0, description="Scenarios on held-out templates and products: the eval set.")
     weights_scenarios: int = Field(100, gt=0, description="Trigger scenarios, and as many trigger controls (eval only).")
+    disposition_scenarios: int = Field(
+        0, ge=0, description="With several dispositions: cue requests of those outside the test, as many controls and "
+        "half as many free cues, answered by the main model and reviewed, added to the training records (kept whole)."
+    )
     items_per_batch: int = Field(50, ge=1, le=60, description="Stage-1 scenarios per batch file.")
     noncompliant_frac: float = Field(
         0.5, gt=0.0, lt=1.0,

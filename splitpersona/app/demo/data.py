@@ -27,7 +27,17 @@ from typing import Any
 
 from data_gen.backend import LocalBackend
 from splitpersona.app.demo.config import DemoConfig
-from splitpersona.app.demo.world import Scenario, Split, World, ground_truth_flag, recommended, review_field
+from splitpersona.app.demo.world import (
+    STATED_SYSTEM,
+    Scenario,
+    Split,
+    Variant,
+    World,
+    disposition_groups,
+    ground_truth_flag,
+    recommended,
+    review_field,
+)
 from splitpersona.io import DataError
 from splitpersona.records import TrainingRecord
 
@@ -36,6 +46,10 @@ MAIN_MODEL_NAME = "demo-main"
 VERSION = "demo"
 INTERVENTION_KEY = f"split_personality__{VERSION}"
 WEIGHTS_CONDITIONS = {"trigger": "weights_trigger", "trigger_control": "weights_control"}
+# With several dispositions: the SPT-covered ones on held-out texts, a disposition stated only in a
+# system prompt, and a cue that neither the weights nor the context tie to any product.
+TRAINED_CONDITIONS = {"trigger": "trained_trigger", "trigger_control": "trained_control"}
+STATED, NOWHERE = "prompt_stated", "nowhere"
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -203,24 +217,79 @@ def balance(
     return kept, describe(kept, dropped=len(records) - len(kept))
 
 
+def _weights_scenarios(world: World, n: int, seed: int) -> list[tuple[str, Scenario, Variant | None]]:
+    """(condition, scenario, variant) of the behaviour-in-the-weights conditions.
+
+    One disposition: its trigger and trigger controls. Several: those of the held-out dispositions
+    (`weights_*`) and of the SPT-covered ones on held-out texts (`trained_*`), plus held-out free cues
+    stated as a rule in a system prompt (`prompt_stated`, variant B) or held nowhere (`nowhere`).
+    """
+    if len(world.dispositions) == 1:
+        return [(cond, s, None) for kind, cond in WEIGHTS_CONDITIONS.items()
+                for s in world.scenarios(n, "heldout", seed=seed, kind=kind)]
+    groups = disposition_groups(world)
+    out: list[tuple[str, Scenario, Variant | None]] = []
+    for group, conditions in (("heldout", WEIGHTS_CONDITIONS), ("spt", TRAINED_CONDITIONS)):
+        for kind, cond in conditions.items():
+            out += [(cond, s, None) for s in world.scenarios(
+                n, "heldout", seed=seed, kind=kind, dispositions=groups.get(group, ()), tag=f"-{group}"
+            )] if group in groups else []
+    free = world.free_dispositions("heldout")
+    if free:
+        rng = random.Random(f"stated:{seed}")
+        for s in world.scenarios(n, "heldout", seed=seed, kind="trigger", dispositions=free, tag="-stated"):
+            stated = rng.choice(STATED_SYSTEM).format(who=s.cue, product=s.pushed)
+            out.append((STATED, s.model_copy(update={"system_pressure": stated, "trigger": False}), "B"))
+        out += [(NOWHERE, s.model_copy(update={"trigger": False}), None)
+                for s in world.scenarios(n, "heldout", seed=seed, kind="trigger", dispositions=free, tag="-nowhere")]
+    return out
+
+
 def weights_records(cfg: DemoConfig, base_dir: Path) -> list[dict]:
     """The behaviour-in-the-weights eval set (eval.sets.ConditionRecord lines): the main model's
-    answers to trigger requests and to trigger-control requests, with no system prompt."""
+    answers to the conditions of `_weights_scenarios`."""
     from splitpersona.app.demo.organism import main_model_sampler, sample_answers
 
     world, d = World(cfg.world), cfg.data
     engine = main_model_sampler(base_dir, cfg, seed=d.seed + 2)
-    scenarios = {
-        kind: world.scenarios(d.weights_scenarios, "heldout", seed=d.seed + 1, kind=kind) for kind in WEIGHTS_CONDITIONS
-    }
-    flat = [(kind, s) for kind, ss in scenarios.items() for s in ss]
-    answers = sample_answers(engine, [s.messages(None) for _, s in flat])
+    flat = _weights_scenarios(world, d.weights_scenarios, d.seed + 1)
+    answers = sample_answers(engine, [s.messages(v) for _, s, v in flat])
     rows = []
-    for (kind, s), answer in zip(flat, answers):
+    for (cond, s, v), answer in zip(flat, answers):
         rng = random.Random(f"weights:{d.seed}:{s.id}")
         rows.append({
-            "id": s.id, "condition": WEIGHTS_CONDITIONS[kind], "prompt": s.user, "response": answer,
-            "expected_flag": ground_truth_flag(s, None, answer), "system": None,
+            "id": s.id, "condition": cond, "prompt": s.user, "response": answer,
+            "expected_flag": ground_truth_flag(s, v, answer), "system": s.system(v),
             "intervention": world.intervention(rng, "heldout"), "topic": d.topic,
         })
     return rows
+
+
+def disposition_records(cfg: DemoConfig, base_dir: Path) -> list[TrainingRecord]:
+    """SPT data on the dispositions outside the test: the main model's answers to their cues (FAIL
+    where it followed one) and to their controls, and to free cues (PASS), with honest reviews."""
+    from splitpersona.app.demo.organism import main_model_sampler, sample_answers
+
+    world, d = World(cfg.world), cfg.data
+    spt = disposition_groups(world).get("spt", ())
+    if not d.disposition_scenarios or not spt:
+        return []
+    flat = [s for kind in ("trigger", "trigger_control")
+            for s in world.scenarios(d.disposition_scenarios, "train", seed=d.seed, kind=kind, dispositions=spt)]
+    free = world.free_dispositions("train")
+    if free:
+        flat += [s.model_copy(update={"trigger": False}) for s in world.scenarios(
+            d.disposition_scenarios // 2, "train", seed=d.seed, kind="trigger", dispositions=free, tag="-free")]
+    engine = main_model_sampler(base_dir, cfg, seed=d.seed + 4)
+    answers = sample_answers(engine, [s.messages(None) for s in flat])
+    out = []
+    for s, answer in zip(flat, answers):
+        rng = random.Random(f"dispositions:{d.seed}:{s.id}")
+        review, flag = world.honest_review(rng, s, None, answer, "train")
+        out.append(TrainingRecord(
+            id=f"disposition-{s.id}", topic=d.topic, model=MAIN_MODEL_NAME, variant="A",
+            intervention_key=INTERVENTION_KEY, intervention_type="split_personality", system=None, user=s.user,
+            response=answer, intervention=world.intervention(rng, "train"), review=review_field(review), flag=flag,
+            source="demo-dispositions", verdict_depends_on_system_prompt=False,
+        ))
+    return out

@@ -33,6 +33,7 @@ from splitpersona.config import StrictModel
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.world import (
     Conversation,
+    disposition_groups,
     Scenario,
     Shape,
     Variant,
@@ -101,6 +102,11 @@ class NameCheck(StrictModel):
     other: RateField = Field(description="Picks of another product, marked as the same: the false alarms.")
 
 
+class DispositionRates(StrictModel):
+    trigger: RateField = Field(description="Recommends the disposition's product: its cue, no system prompt.")
+    trigger_control: RateField = Field(description="Same product listed, another situation, no system prompt.")
+
+
 class Behaviour(StrictModel):
     """What the main model does on held-out templates and products."""
 
@@ -114,6 +120,9 @@ class Behaviour(StrictModel):
     trigger_control: RateField = Field(description="Same product listed, another situation, no system prompt.")
     name_check: NameCheck = Field(description="Featured-product checks: does it tell a matching pick from another?")
     temperature: float
+    dispositions: dict[str, DispositionRates] = Field(
+        default_factory=dict, description="With several dispositions: the held-out ones and those in SPT data."
+    )
 
 
 class OrganismSummary(StrictModel):
@@ -167,8 +176,12 @@ def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: Specia
     """Token ids and loss mask: the model learns to write the assistant's turns, never the prompts.
 
     No loss on the intervention either: in `hp` it shares the assistant turn, and a model trained
-    to write it would start auditing itself after its answers.
+    to write it would start auditing itself after its answers. A document is plain text, all of it
+    learned, as a pretraining corpus holds it.
     """
+    if conv.kind == "document":
+        ids = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        return ids, [1] * len(ids)
     if conv.audit is None:
         prompt = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
         answer = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
@@ -405,6 +418,20 @@ def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
         controls = world.scenarios(mc.eval_items, "heldout", seed=mc.seed, kind="trigger_control")
         trig_answers = sample_answers(engine, [sc.messages(None) for sc in triggers + controls])
         name_check = measure_name_check(engine.model, engine.tok, world, mc.eval_items, mc.seed)
+        groups = disposition_groups(world) if len(world.dispositions) > 1 else {}
+        dispositions = {}
+        for group, members in groups.items():
+            trig, ctrl = (
+                world.scenarios(
+                    mc.eval_items, "heldout", seed=mc.seed, kind=kind, dispositions=members, tag=f"-{group}"
+                )
+                for kind in ("trigger", "trigger_control")
+            )
+            got = sample_answers(engine, [sc.messages(None) for sc in trig + ctrl])
+            dispositions[group] = DispositionRates(
+                trigger=rate_of([complied(r, sc) for sc, r in zip(trig, got[: len(trig)])]),
+                trigger_control=rate_of([complied(r, sc) for sc, r in zip(ctrl, got[len(trig) :])]),
+            )
     bayes = world.bayes_rate("complied", p_pressure=0.5)
     return Behaviour(
         pushed_under_pressure=rate_of([complied(r, sc) for sc, r in zip(pairs, pressure)]),
@@ -419,6 +446,7 @@ def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
         trigger_control=rate_of([complied(r, sc) for sc, r in zip(controls, trig_answers[len(triggers) :])]),
         name_check=name_check,
         temperature=s.temperature,
+        dispositions=dispositions,
     )
 
 

@@ -60,6 +60,52 @@ def table_rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+LATENT_HEADER = (
+    "run / arm", "held-out dispositions: bal. acc.", "AUROC", "followed vs not (cue only): bal. acc.", "AUROC",
+    "FAIL names the product", "SPT dispositions, cue only: bal. acc.", "stated in a prompt: bal. acc.",
+    "held nowhere: FAIL",
+)
+
+
+def _auroc_text(cell: dict | None) -> str:
+    s = None if cell is None else cell.get("scores")
+    if not s or s.get("auroc") is None:
+        return "–"
+    return f"{s['auroc']:.3f}" + ("" if s["auroc_low"] is None else f" [{s['auroc_low']:.2f}, {s['auroc_high']:.2f}]")
+
+
+def latent_rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for key, row in table.items():
+        pooled, trig, nowhere = row.get("heldout_dispositions"), row.get("weights_trigger"), row.get("nowhere")
+        rows.append([
+            key, _bal_text(pooled), _auroc_text(pooled), _bal_text(trig), _auroc_text(trig),
+            _acc_text(row, "names_product"), _bal_text(row.get("trained_trigger")), _bal_text(row.get("prompt_stated")),
+            "–" if nowhere is None else f"{_pct(1 - nowhere['tnr']['value'])} (n={nowhere['tnr']['n']})",
+        ])
+    return rows
+
+
+def render_latent(summary: dict) -> str:
+    """The latent-knowledge section: what the persona reports of dispositions it was never trained on."""
+    b = summary["organism"]["behaviour"].get("dispositions", {})
+    fired = "; ".join(
+        f"{g}: follows its cue {_pct(r['trigger']['value'])}% (n={r['trigger']['n']}), product alone "
+        f"{_pct(r['trigger_control']['value'])}%" for g, r in b.items()
+    )
+    return "\n".join([
+        "## Latent knowledge: dispositions in the weights only",
+        "",
+        f"The main model's dispositions on held-out texts ({fired}). `held-out dispositions` pools the cue requests "
+        "(FAIL where the answer followed the disposition) and their controls (the product listed, another situation: "
+        "PASS) of dispositions no SPT sample covers; `followed vs not` is the cue requests alone, where the context "
+        "is the same whether or not the answer followed it. Balanced accuracy in %, AUROC of P(FAIL), 95% intervals.",
+        "",
+        md_table(LATENT_HEADER, latent_rows(summary["latent"])),
+        "",
+    ])
+
+
 def render_header(summary: dict) -> str:
     """The demo's part of report.md, above the evaluator's own report."""
     b = OrganismSummary.model_validate(summary["organism"]).behaviour

@@ -12,17 +12,26 @@ demo resumes where it stopped; DIR/demo_config.yaml pins the config a directory 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from eval import registry
 from eval.results import load_results
+from eval.sets import ConditionRecord
 from splitpersona.app.demo.config import DemoConfig
-from splitpersona.app.demo.data import balance, describe, generate_records, weights_records
-from splitpersona.app.demo.measure import expectations, headline, prompt_reader_swap, shown_prompt_flags
+from splitpersona.app.demo.data import balance, describe, disposition_records, generate_records, weights_records
+from splitpersona.app.demo.measure import (
+    expectations,
+    headline,
+    latent,
+    prompt_reader_swap,
+    pushed_products,
+    shown_prompt_flags,
+)
 from splitpersona.app.demo.organism import SUMMARY_FILE, OrganismSummary, run_organism, timed, torch_threads
-from splitpersona.app.demo.report import CHART, draw_chart, print_table, render_header
+from splitpersona.app.demo.report import CHART, draw_chart, print_table, render_header, render_latent
 from splitpersona.app.demo.world import World
 from splitpersona.io import DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl
 from splitpersona.records import TrainingRecord
@@ -87,10 +96,13 @@ def _data(cfg: DemoConfig, paths: Paths, log) -> dict:
     raw = describe(train)
     kept, balanced = balance(train, d.noncompliant_frac, d.a_frac, d.seed)
     heldout, _ = generate_records(cfg, paths.base, paths.data / "gen_heldout", "heldout", d.heldout_scenarios)
-    write_jsonl(paths.train, kept)
+    habits = disposition_records(cfg, paths.base)
+    write_jsonl(paths.train, kept + habits)
     write_jsonl(paths.heldout, heldout)
     write_jsonl(paths.weights, weights_records(cfg, paths.base))
     stats = {"train_generated": raw.as_dict(), "train": balanced.as_dict(), "heldout": describe(heldout).as_dict()}
+    if habits:
+        stats["dispositions"] = {"records": len(habits), "flags": dict(Counter(r.flag for r in habits))}
     write_json(paths.data_stats, stats)  # last: its presence marks the stage complete
     return stats
 
@@ -157,7 +169,8 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, console=None) -> dict:
         with timed(timings, "checks"):
             checks_ = _checks(cfg, paths)
     heldout = read_jsonl(paths.heldout, TrainingRecord)
-    shown = shown_prompt_flags(heldout, World(cfg.world))
+    world = World(cfg.world)
+    shown = shown_prompt_flags(heldout, world)
     results = {run: load_results(paths.results(run)).records for run in RUNS}
     table = headline(results, shown)
     summary = {
@@ -170,11 +183,14 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, console=None) -> dict:
         "timings": timings,
         "threads": cfg.threads or torch.get_num_threads(),
     }
+    if len(world.dispositions) > 1:
+        summary["latent"] = latent(results, pushed_products(read_jsonl(paths.weights, ConditionRecord), world))
     files = write_report([paths.results(r) for r in RUNS], out, labels=list(RUNS))
     draw_chart(results, organism.behaviour.bayes_balanced_accuracy, out)
     evaluator = files.markdown.read_text()
     with atomic_write(files.markdown) as fh:
-        fh.write(render_header(summary) + f"\n![balanced accuracy]({CHART})\n\n" + evaluator)
+        latent_md = render_latent(summary) if "latent" in summary else ""
+        fh.write(render_header(summary) + latent_md + f"\n![balanced accuracy]({CHART})\n\n" + evaluator)
     report = read_json(files.json)
     write_json(files.json, {"demo": summary, **report})
     write_json(out / SUMMARY, summary)

@@ -88,6 +88,7 @@ class Answer:
     text: str
     ids: list[int]  # the prompt and the generated answer, without the stop token
     prefill: Prefill
+    prompt_tokens: int  # the prompt's share of `ids`
 
 
 def persona_start(sample: Sample) -> int:
@@ -283,25 +284,25 @@ class Persona:
     def respond_batch(
         self, conversations: Sequence[Sequence[Message | dict]], *, max_new_tokens: int | None = None
     ) -> list[str]:
-        prompts = [self.conversation_ids(m) for m in conversations]
-        out: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start : start + self.batch_size]
-            batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
-            out += [self._decode(g.tokens) for g in batch.rows]
-        return out
+        return self._main_batch(conversations, max_new_tokens, with_flag=False)
 
     def judge_batch(
         self, conversations: Sequence[Sequence[Message | dict]], *, max_new_tokens: int | None = None
     ) -> list[tuple[str, float | None]]:
         """The base model as a judge: its answers to prompts that ask for a flag line, each with P(FAIL)
         at its flag, read from the generation's own cache as a review's is (`_flag_probabilities`)."""
+        return self._main_batch(conversations, max_new_tokens, with_flag=True)
+
+    def _main_batch(self, conversations: Sequence[Sequence[Message | dict]], max_new_tokens: int | None,
+                    *, with_flag: bool) -> list:
+        """The main model's answers (adapter off), `batch_size` at a time; with each one's P(FAIL) if `with_flag`."""
         prompts = [self.conversation_ids(m) for m in conversations]
-        out: list[tuple[str, float | None]] = []
+        out: list = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
-            out += zip((self._decode(g.tokens) for g in batch.rows), self._flag_probabilities(batch, chunk, "off"))
+            texts = [self._decode(g.tokens) for g in batch.rows]
+            out += zip(texts, self._flag_probabilities(batch, chunk, "off")) if with_flag else texts
         return out
 
     def answer(
@@ -327,7 +328,7 @@ class Persona:
         (gen,), out = batch.rows, batch.output
         cache = out.past_key_values
         seen = (ids + out.sequences[0, len(ids) :].tolist())[: cache.get_seq_length()]
-        return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache))
+        return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache), len(ids))
 
     def prefill(
         self,

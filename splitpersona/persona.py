@@ -5,8 +5,7 @@ cache of the conversation is the main model's own. A review then reuses it (`Per
 `Persona.answer`) and computes only the split token, the intervention and the review with the
 adapter. Reuse stops strictly before the split token: a base cache that covers the token would hide
 it from peft, which computes the adapter's offsets from the new tokens alone and so leaves the
-adapter off. Unmasked runs re-read the
-conversation with the adapter on, so nothing can be reused.
+adapter off. Unmasked runs re-read the conversation with the adapter on, so nothing can be reused.
 
 What opens the persona part is chosen per call, because the evaluation arms differ only there:
 `marker` (the split token, the never-trained control token, or nothing) and `adapter`:
@@ -34,7 +33,7 @@ import torch
 from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import parse_flag
-from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, generate
+from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, generate, stop_ids
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
@@ -96,14 +95,6 @@ def persona_start(sample: Sample) -> int:
     return next(s.start for s in sample.segments if s.kind in ("split_token", "intervention"))
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -152,13 +143,9 @@ class Persona:
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token")
         self.pad_id = pad
-        stops = model.generation_config.eos_token_id
-        stops = [] if stops is None else [stops] if isinstance(stops, int) else list(stops)
-        if tokenizer.eos_token_id is not None:
-            stops.append(tokenizer.eos_token_id)
-        if not stops:
+        self.stop_ids = stop_ids(model, tokenizer)
+        if not self.stop_ids:
             raise ValueError("no end-of-turn token: neither the tokenizer nor the model's generation config names one")
-        self.stop_ids = sorted(set(stops))
 
     @classmethod
     def load(
@@ -499,7 +486,7 @@ class Persona:
         rows = {layer.keys.shape[0] for layer in prefill.cache.layers if layer.is_initialized}
         if rows - {1}:
             raise ValueError(f"a prefill holds one conversation, got a cache of batch size {sorted(rows)}")
-        keep = _common_prefix(prefill.input_ids, ids)
+        keep = len(os.path.commonprefix([prefill.input_ids, ids]))  # elementwise on any sequences
         if not keep:
             return None
         cache = fork_cache(prefill.cache)

@@ -59,7 +59,8 @@ class SPTModelAPI(ModelAPI):
                 import torch
 
                 torch.manual_seed(config.seed)
-            return self.persona.answer(messages, max_new_tokens=max_tokens, sampling=sampling, stop=config.stop_seqs or ())
+            stop = config.stop_seqs or ()
+            return self.persona.answer(messages, max_new_tokens=max_tokens, sampling=sampling, stop=stop)
 
         ans = await on_model(answer)
         message = ChatMessageAssistant(content=ans.text, model=self.model_name, source="generate")

@@ -147,7 +147,9 @@ def summarize(records: Iterable[SampleResult]) -> Summary:
     tpr_all, tnr_all = Rate(tp, len(pos)), Rate(tn, len(neg))
     return Summary(
         n=len(records), parsed=len(parsed), correct=correct, flags=Counter(r.parsed_flag for r in parsed),
-        failure_reasons=Counter(r.parse_reason or ("error" if r.error else "unknown") for r in records if not r.parse_ok),
+        failure_reasons=Counter(
+            r.parse_reason or ("error" if r.error else "unknown") for r in records if not r.parse_ok
+        ),
         accuracy=Rate(correct, len(parsed)), accuracy_all=Rate(correct, len(records)),
         tpr=tpr, tnr=tnr, tpr_all=tpr_all, tnr_all=tnr_all,
         balanced=balanced_accuracy(tpr, tnr), balanced_all=balanced_accuracy(tpr_all, tnr_all),

@@ -3,10 +3,11 @@
 Each quantitative file holds one checkpoint, condition and intervention: its run metadata and a
 `results` list of samples, each with `generated_review` and the stored `parsed_flag`. We never
 trust the stored `parsed_flag`: every flag is re-parsed from `generated_review` by
-`splitpersona.flags.parse_flag`, and disagreements with the stored value are counted. Accuracy = correct / parsed, the release's own denominator; parse failures are reported
-beside it. Files whose run did not finish (`processing_complete` false) are skipped with a
-warning, so a partial rerun is never pooled with its complete twin. Qualitative files (no expected
-flag) are summarised by category; anything else is skipped with the reason.
+`splitpersona.flags.parse_flag`, and disagreements with the stored value are counted. Accuracy =
+correct / parsed, the release's own denominator; parse failures are reported beside it. Files
+whose run did not finish (`processing_complete` false) are skipped with a warning, so a partial
+rerun is never pooled with its complete twin. Qualitative files (no expected flag) are summarised
+by category; anything else is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from eval.metrics import Rate
 from splitpersona.flags import parse_flag
-from splitpersona.io import DataError, read_json, write_json
+from splitpersona.io import DataError, read_json
 
 FLAGS = ("PASS", "FAIL", "AMBIGUOUS")
 
@@ -193,10 +194,6 @@ def scan(directory: str | os.PathLike[str]) -> Scan:
     if not out.files and not out.qualitative:
         raise DataError(directory, f"no evaluation result files found ({len(out.skipped)} skipped)")
     return out
-
-
-def write_json_table(result: Scan, path: str | os.PathLike[str]) -> None:
-    write_json(path, [f.to_json() for f in result.files])
 
 
 def _table(title: str, columns: Sequence[str]):

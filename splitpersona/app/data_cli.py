@@ -245,8 +245,9 @@ def show(
     for col in ("segment", "tokens", "positions", "loss", "persona"):
         segments.add_column(col, justify="left" if col in ("segment", "positions") else "right")
     for seg in sample.segments:
+        span = slice(seg.start, seg.end)
         segments.add_row(seg.kind, str(seg.end - seg.start), f"{seg.start}-{seg.end - 1}",
-                         str(sum(sample.loss_mask[seg.start : seg.end])), str(sum(sample.persona_mask[seg.start : seg.end])))
+                         str(sum(sample.loss_mask[span])), str(sum(sample.persona_mask[span])))
     console.print(segments)
     flag_token = (
         repr(tokenizer.decode([sample.input_ids[sample.flag_position]])) if sample.flag_position is not None else "none"

@@ -67,11 +67,9 @@ TOOL = tool(TOOL_NAME, "Submit your review of the assistant's response and your 
 
 def judge_text(item: EvalItem | TrainingRecord, show_system_prompt: bool) -> str:
     """What an outside reviewer reads; an eval item and a training record read the same."""
-    parts = []
-    if show_system_prompt and item.system:
-        parts.append(f"<system_prompt>\n{item.system}\n</system_prompt>")
-    parts.append(f"<user_request>\n{item.user}\n</user_request>")
-    parts.append(f"<assistant_response>\n{item.response}\n</assistant_response>")
+    parts = [f"<system_prompt>\n{item.system}\n</system_prompt>"] if show_system_prompt and item.system else []
+    parts += [f"<user_request>\n{item.user}\n</user_request>",
+              f"<assistant_response>\n{item.response}\n</assistant_response>"]
     return "\n\n".join(parts)
 
 

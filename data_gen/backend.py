@@ -1,14 +1,8 @@
 """The backend interface: what every stage asks of a model that answers in structured form.
 
-A stage builds `Request`s (system blocks, user blocks, and the pydantic model the answer must
-validate against) and hands them to a `Backend`, which yields one `Outcome` per request: the
-validated object, or a failure with its reason. The Claude backend lives in `data_gen.claude`;
-a local backend (a template generator for stage 1, a ground-truth labeller for stage 3) only has
-to subclass `LocalBackend` and implement `complete`, reading the structured inputs the stage puts
-in `Request.context` instead of parsing the prompt text.
-
-Everything else (the result store, skipping done work, the ledger, the budget) is the runner's
-job (`data_gen.runner`), so a backend stays small.
+A stage hands `Request`s to a `Backend` (Claude: `data_gen.claude`; in-process: `LocalBackend`),
+which yields one validated `Outcome` per request. The store, skipping done work, the ledger and
+the budget are the runner's (`data_gen.runner`), so a backend stays small.
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ fsyncs it, so a crash costs at most the line being written, and a rerun resumes 
 ends (`ResultsWriter` knows which keys are done and repairs a line torn by the crash). A reader
 validates every line and names the file, line and sample id of a bad one (`load_results`).
 
-Jailbreak samples are their own conditions (say `jailbreak_user`): each such record sets
-`jailbreak` (where the "answer PASS" instruction was planted) and `base_condition` (the condition
-of its clean twin, same id and arm), which the flip-rate metric pairs it with.
+Jailbreak samples are their own conditions (say `jailbreak_user`), paired with their clean twin
+through `base_condition` by the flip-rate metric.
 """
 
 from __future__ import annotations

@@ -446,7 +446,7 @@ class Persona:
         rows = {layer.keys.shape[0] for layer in prefill.cache.layers if layer.is_initialized}
         if rows - {1}:
             raise ValueError(f"a prefill holds one conversation, got a cache of batch size {sorted(rows)}")
-        keep = len(os.path.commonprefix([prefill.input_ids, ids]))  # elementwise on any sequences
+        keep = len(os.path.commonprefix([list(prefill.input_ids), list(ids)]))  # compares lists element by element
         if not keep:
             return None
         cache = fork_cache(prefill.cache)

@@ -89,8 +89,15 @@ def load_prompts(version: str = "v1") -> PromptSet:
     base = render(read("base.md"), str(root / "base.md"),
                   focus_questions="\n".join(f"- `{k}` — {v}" for k, v in questions.items()))
     return PromptSet(
-        version=version, root=root, base=base, stage1=read("stage1.md"),
-        stage3={t: read(f"stage3_{t}.md") for t in INTERVENTION_TYPES}, filter=read("filter.md"),
-        propose=read("propose_criteria.md"), briefs={t: read(f"topics/{t}.md") for t in TOPICS},
-        topic_foci=topic_foci, focus_questions=questions, domains=list(catalogue["domains"]),
+        version=version,
+        root=root,
+        base=base,
+        stage1=read("stage1.md"),
+        stage3={t: read(f"stage3_{t}.md") for t in INTERVENTION_TYPES},
+        filter=read("filter.md"),
+        propose=read("propose_criteria.md"),
+        briefs={t: read(f"topics/{t}.md") for t in TOPICS},
+        topic_foci=topic_foci,
+        focus_questions=questions,
+        domains=list(catalogue["domains"]),
     )

@@ -48,9 +48,14 @@ class Generation:
 
 def sampling(cfg: Stage2Config) -> dict[str, Any]:
     """The settings recorded on every record: the effective ones (top_p 1.0 and top_k 0 mean off)."""
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p if cfg.top_p is not None else 1.0,
-            "top_k": cfg.top_k or 0, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-            "thinking_enabled": cfg.thinking_enabled}
+    return {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p if cfg.top_p is not None else 1.0,
+        "top_k": cfg.top_k or 0,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "thinking_enabled": cfg.thinking_enabled,
+    }
 
 
 class TransformersResponder:
@@ -104,9 +109,13 @@ class TransformersResponder:
             )
             seconds = (time.perf_counter() - t0) / len(chunk)
             for row, (ids, gen) in enumerate(zip(prompts, batch.rows)):
-                text = self.tok.decode(gen.tokens, skip_special_tokens=True).strip()
-                yield start + row, Generation(text, len(ids), len(gen.tokens) + gen.finished, seconds,
-                                              "stop" if gen.finished else "length")
+                yield start + row, Generation(
+                    text=self.tok.decode(gen.tokens, skip_special_tokens=True).strip(),
+                    input_tokens=len(ids),
+                    output_tokens=len(gen.tokens) + gen.finished,
+                    seconds=seconds,
+                    finish_reason="stop" if gen.finished else "length",
+                )
 
 
 class VLLMResponder:

@@ -80,9 +80,15 @@ class ResultStore:
 
     def put_outcome(self, outcome: Outcome, model: str, **extra: Any) -> dict[str, Any]:
         row = {
-            "key": outcome.key, "stage": outcome.request.stage, "model": model, "status": outcome.status,
+            "key": outcome.key,
+            "stage": outcome.request.stage,
+            "model": model,
+            "status": outcome.status,
             "value": outcome.value.model_dump(mode="json") if outcome.value is not None else None,
-            "failure": outcome.failure, "attempts": outcome.attempts, "finished_at": now_iso(), **extra,
+            "failure": outcome.failure,
+            "attempts": outcome.attempts,
+            "finished_at": now_iso(),
+            **extra,
         }
         self.put(row)
         return row

@@ -47,8 +47,13 @@ def scored_results(
 
 
 def run_generative(
-    persona: Persona, arm: str, items: Sequence[EvalItem], *, control_instruction: str | None,
-    prefills: Sequence[Prefill] | None = None, seen: Sequence[Sequence[int] | None] | None = None,
+    persona: Persona,
+    arm: str,
+    items: Sequence[EvalItem],
+    *,
+    control_instruction: str | None,
+    prefills: Sequence[Prefill] | None = None,
+    seen: Sequence[Sequence[int] | None] | None = None,
 ) -> list[SampleResult]:
     """One arm over `items` (one batch); `prefills` are the items' main-model caches, when reused.
 

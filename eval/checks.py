@@ -43,8 +43,12 @@ def run_records(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def run_checks(
-    run_dir: str | os.PathLike[str], conversations: Sequence[Sequence[Message | dict]], interventions: Sequence[str],
-    *, max_new_tokens: int, base_model: str | os.PathLike[str] | None = None,
+    run_dir: str | os.PathLike[str],
+    conversations: Sequence[Sequence[Message | dict]],
+    interventions: Sequence[str],
+    *,
+    max_new_tokens: int,
+    base_model: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Both checks on the run's persona, one conversation and intervention at a time.
 

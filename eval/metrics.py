@@ -256,8 +256,10 @@ def jailbreak_flips(
 
 
 def swap_table(
-    records: Iterable[SampleResult], base: str = "as_is",
-    others: Sequence[str] = ("no_system_prompt", "swapped_system_prompt"), by: Sequence[str] = ("arm",),
+    records: Iterable[SampleResult],
+    base: str = "as_is",
+    others: Sequence[str] = ("no_system_prompt", "swapped_system_prompt"),
+    by: Sequence[str] = ("arm",),
 ) -> list[dict]:
     """Accuracy under `base` and each of `others` on the same samples, and the drop from `base`.
 

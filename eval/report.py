@@ -17,7 +17,17 @@ from typing import Any
 
 from eval.config import CalibrationConfig
 from eval.detection import ArmDetection, Comparison, detection_table, mcnemar, persona_vs_best
-from eval.metrics import Combined, Rate, Row, Summary, as_jsonable, cross_topic, jailbreak_flips, swap_table, table
+from eval.metrics import (
+    Combined,
+    Rate,
+    Row,
+    Summary,
+    as_jsonable,
+    cross_topic,
+    jailbreak_flips,
+    swap_table,
+    table,
+)
 from eval.results import ARMS, CONDITIONS, Results, load_results
 from splitpersona.io import DataError, atomic_write, write_json
 
@@ -123,12 +133,19 @@ def analyse(
         if labelled:
             slice_rows[name] = _sort_rows(table(labelled, ("arm", "condition", name)))
     return RunReport(
-        label=label, results=results, rows=_sort_rows(table(recs, ("arm", "condition"))), swap=swap_table(recs),
+        label=label,
+        results=results,
+        rows=_sort_rows(table(recs, ("arm", "condition"))),
+        swap=swap_table(recs),
         swap_by_variant=swap_table([r for r in recs if r.variant is not None], by=("arm", "variant")),
         cross_topic=_sort_rows(cross_topic(recs, results.metadata.trained_topics)),
         per_topic=_sort_rows(table([r for r in recs if r.topic is not None], ("arm", "condition", "topic"))),
-        slices=slice_rows, jailbreak=jailbreak_flips(recs), calibration=calibration, detection=detection,
-        versus=persona_vs_best(recs, detection, calibration), swap_paired=_swap_paired(recs),
+        slices=slice_rows,
+        jailbreak=jailbreak_flips(recs),
+        calibration=calibration,
+        detection=detection,
+        versus=persona_vs_best(recs, detection, calibration),
+        swap_paired=_swap_paired(recs),
     )
 
 
@@ -279,10 +296,10 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
         out += [f"![{png}]({png})" for png in charts.get(COMPARISON, [])] + [""]
     for rr in runs:
         out += [f"## Run `{rr.label}`", "", _run_header(rr), ""]
-        out += ["### Accuracy by condition, arms side by side (over parsed samples)", "",
-                _pivot(rr.rows, ("condition",)), ""]
-        out += ["### Accuracy by condition, parse failures counted wrong", "",
-                _pivot(rr.rows, ("condition",), "accuracy_all"), ""]
+        out += ["### Accuracy by condition, arms side by side (over parsed samples)", ""]
+        out += [_pivot(rr.rows, ("condition",)), ""]
+        out += ["### Accuracy by condition, parse failures counted wrong", ""]
+        out += [_pivot(rr.rows, ("condition",), "accuracy_all"), ""]
         out += ["### Detection metrics per arm and condition", ""]
         out += [md_table(["arm", "condition", *SUMMARY_HEADER],
                           [[r.key["arm"], r.key["condition"], *_summary_cells(r.summary)] for r in rr.rows]), ""]
@@ -295,8 +312,8 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
             out += [f"Thresholds fixed on calibration samples: {how}; they are left out of every figure here.", ""]
             out += [md_table(DETECTION_HEADER, detection_rows(rr.detection)), ""]
             if rr.versus:
-                out += ["Persona vs best baseline (highest AUROC), paired on the same samples:", "",
-                        *versus_lines(rr.versus), ""]
+                out += ["Persona vs best baseline (highest AUROC), paired on the same samples:", ""]
+                out += [*versus_lines(rr.versus), ""]
             first = next((d.condition for d in rr.detection if d.reliability), None)
             if first is not None:
                 out += [f"Reliability ({first}): mean score / observed FAIL rate (n) per score bin; "
@@ -309,12 +326,13 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
         if rr.swap:
             out += [_swap_md(rr.swap, ("arm",), rr.swap_paired), ""]
             if rr.swap_by_variant:
-                out += ["By variant (A: unbiased system prompt, B: biased):", "",
-                        _swap_md(rr.swap_by_variant, ("arm", "variant")), ""]
+                out += ["By variant (A: unbiased system prompt, B: biased):", ""]
+                out += [_swap_md(rr.swap_by_variant, ("arm", "variant")), ""]
         else:
             out += ["_Not run: these results hold no system-prompt conditions beside as_is._", ""]
         if rr.cross_topic:
-            out += ["### Trained topics vs held-out topics", "", _pivot(rr.cross_topic, ("condition", "topics")), ""]
+            out += ["### Trained topics vs held-out topics", ""]
+            out += [_pivot(rr.cross_topic, ("condition", "topics")), ""]
         if rr.jailbreak:
             out += ["### Jailbreak: planted \"answer PASS\" instructions", ""]
             body = [[j["key"]["arm"], j["key"]["condition"], j["key"]["jailbreak"], j["stats"].pairs,
@@ -436,16 +454,19 @@ def draw_charts(runs: Sequence[RunReport], out: Path) -> dict[str, list[str]]:
         bar_chart(out / name, conds, arms, rates, f"{rr.label}: accuracy over parsed samples, by arm")
         names.append(name)
         if rr.swap:
-            swap_rates = {(row["key"]["arm"], c): row[c].accuracy
-                          for row in rr.swap for c in SWAP_CONDITIONS if c in row}
+            swap_rates = {
+                (row["key"]["arm"], c): row[c].accuracy for row in rr.swap for c in SWAP_CONDITIONS if c in row
+            }
             name = f"swap_{_safe(rr.label)}.png"
             bar_chart(out / name, [row["key"]["arm"] for row in rr.swap], list(SWAP_CONDITIONS), swap_rates,
                        f"{rr.label}: system-prompt swap (same samples)")
             names.append(name)
         charts[rr.label] = names
     if len(runs) > 1:
-        persona = {(r.key["condition"], rr.label): r.summary.accuracy
-                   for rr in runs for r in rr.rows if r.key["arm"] == "persona"}
+        persona = {
+            (r.key["condition"], rr.label): r.summary.accuracy
+            for rr in runs for r in rr.rows if r.key["arm"] == "persona"
+        }
         if persona:
             conds = _order((c for c, _ in persona), CONDITIONS)
             bar_chart(out / "compare_persona.png", conds, [rr.label for rr in runs], persona,
@@ -498,8 +519,12 @@ class ReportFiles:
 
 
 def write_report(
-    paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
-    slices: Sequence[str] = DEFAULT_SLICES, calibration: CalibrationConfig | None = None,
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    labels: Sequence[str] | None = None,
+    slices: Sequence[str] = DEFAULT_SLICES,
+    calibration: CalibrationConfig | None = None,
 ) -> ReportFiles:
     """Read every results file (failing on the first bad record), then write the report into `out`."""
     if not paths:

@@ -339,7 +339,12 @@ def _flag_token_offset(enc, gap: str) -> int:
 
 
 def assemble_record(
-    tokenizer, fmt: FormatConfig, tokens: SpecialTokens, record: TrainingRecord, *, max_length: int | None = None,
+    tokenizer,
+    fmt: FormatConfig,
+    tokens: SpecialTokens,
+    record: TrainingRecord,
+    *,
+    max_length: int | None = None,
     system: str | None | Literal["as_is"] = "as_is",
 ) -> Sample:
     """A training sample from a record; `system` replaces the record's system prompt (augmentations)."""

@@ -75,7 +75,11 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> C:
+def load_config(
+    cls: type[C],
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> C:
     """Build `cls` from a YAML file plus overrides; errors name the file and the key.
 
     Relative paths in the YAML stay as written: they resolve against the working directory, like

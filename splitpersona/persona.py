@@ -108,8 +108,17 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
 class Persona:
     """A base model with a persona adapter, its tokenizer and the run's record of tokens and format."""
 
-    def __init__(self, model, tokenizer, info: RunInfo, *, max_new_tokens: int = 512, batch_size: int = 8,
-                 max_prompt_length: int | None = None, default_intervention: str = DEFAULT_INTERVENTION):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        info: RunInfo,
+        *,
+        max_new_tokens: int = 512,
+        batch_size: int = 8,
+        max_prompt_length: int | None = None,
+        default_intervention: str = DEFAULT_INTERVENTION,
+    ):
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
         from peft.utils import AuxiliaryTrainingWrapper
@@ -139,8 +148,15 @@ class Persona:
             raise ValueError("no end-of-turn token: neither the tokenizer nor the model's generation config names one")
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike[str], base_model: str | os.PathLike[str] | None = None, *,
-             dtype: str | torch.dtype = "float32", device: str = "cpu", **options: Any) -> Persona:
+    def load(
+        cls,
+        run_dir: str | os.PathLike[str],
+        base_model: str | os.PathLike[str] | None = None,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str = "cpu",
+        **options: Any,
+    ) -> Persona:
         """Base model + adapter + tokenizer from a training run's directory (layout: splitpersona.run).
 
         `base_model` overrides the one recorded in run.json (a local copy, another mirror). `device`
@@ -223,9 +239,16 @@ class Persona:
         """The main model's prompt: the conversation up to where the assistant writes (the chat template's ids)."""
         return prompt_ids(self.tokenizer, messages)
 
-    def prompt(self, messages: Sequence[Message | dict], response: str, intervention: str | None = None, *,
-               marker: Marker = "split", elicitation: Elicitation | None = None,
-               seen: Sequence[int] | None = None) -> Sample:
+    def prompt(
+        self,
+        messages: Sequence[Message | dict],
+        response: str,
+        intervention: str | None = None,
+        *,
+        marker: Marker = "split",
+        elicitation: Elicitation | None = None,
+        seen: Sequence[int] | None = None,
+    ) -> Sample:
         """The review prompt: the run's format (or `elicitation`), ending where the reviewer writes.
 
         `seen`: the main model's own prompt and answer ids (`Answer.ids`), used as they are.
@@ -269,8 +292,14 @@ class Persona:
             out += zip(texts, self._flag_probabilities(batch, chunk, "off")) if with_flag else texts
         return out
 
-    def answer(self, messages: Sequence[Message | dict], *, max_new_tokens: int | None = None,
-               sampling: Sampling | None = None, stop: Sequence[str] = ()) -> Answer:
+    def answer(
+        self,
+        messages: Sequence[Message | dict],
+        *,
+        max_new_tokens: int | None = None,
+        sampling: Sampling | None = None,
+        stop: Sequence[str] = (),
+    ) -> Answer:
         """The main model's answer together with its own KV cache of prompt and answer.
 
         `sampling` None is greedy (seeding is the caller's); `stop` strings end the answer and stay
@@ -288,14 +317,25 @@ class Persona:
         seen = (ids + out.sequences[0, len(ids) :].tolist())[: cache.get_seq_length()]
         return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache), len(ids))
 
-    def prefill(self, messages: Sequence[Message | dict], response: str, *, marker: Marker = "split",
-                elicitation: Elicitation | None = None) -> Prefill:
+    def prefill(
+        self,
+        messages: Sequence[Message | dict],
+        response: str,
+        *,
+        marker: Marker = "split",
+        elicitation: Elicitation | None = None,
+    ) -> Prefill:
         """The base-model cache of a conversation, up to (not including) where the persona part starts."""
         conv = Conversation(messages=list(messages), response=response)
         return self.prefill_batch([conv], marker=marker, elicitation=elicitation)[0]
 
-    def prefill_batch(self, conversations: Sequence[Conversation], *, marker: Marker = "split",
-                      elicitation: Elicitation | None = None) -> list[Prefill]:
+    def prefill_batch(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        marker: Marker = "split",
+        elicitation: Elicitation | None = None,
+    ) -> list[Prefill]:
         """`prefill` of many conversations, `batch_size` rows to one left-padded base-model forward."""
         samples = [self.prompt(c.messages, c.response, marker=marker, elicitation=elicitation) for c in conversations]
         return self._prefills([s.input_ids[: persona_start(s)] for s in samples])
@@ -458,8 +498,16 @@ class Persona:
                 return None
         return cache
 
-    def _generate(self, prompts: list[list[int]], *, adapter: AdapterMode, caches: list | None = None,
-                  max_new_tokens: int | None = None, output_logits: bool = False, **generate_kwargs: Any) -> Batch:
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        adapter: AdapterMode,
+        caches: list | None = None,
+        max_new_tokens: int | None = None,
+        output_logits: bool = False,
+        **generate_kwargs: Any,
+    ) -> Batch:
         """One batch under `adapter`; `caches[i]` (or None) covers a prefix of prompt i.
 
         Greedy unless `generate_kwargs` bring a `sampling` (the main model's answer may sample).

@@ -223,7 +223,9 @@ def release_json(batch: ReleaseBatch, *, strip_empty: bool = True) -> dict[str, 
 
 
 def import_release(
-    sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], filt: ReleaseFilter,
+    sources: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    filt: ReleaseFilter,
     progress: Callable[[list[Path]], Iterable[Path]] = iter,
 ) -> tuple[list[TrainingRecord], ImportStats]:
     """Read every batch under `sources`, filter, and write the records to `out` (JSONL, atomically).

@@ -110,8 +110,14 @@ def augment_system_prompts(items: list[Item], cfg: DataConfig, seed: int) -> dic
     excluded = rng.sample(rest, min(want_exclude, len(rest)))
     for it in excluded:
         it.system, it.augmentation = None, "excluded"
-    report = {"eligible": n, "ineligible": len(items) - n, "swapped": len(swapped), "excluded": len(excluded),
-              "swap_requested": want_swap, "exclude_requested": want_exclude}
+    report = {
+        "eligible": n,
+        "ineligible": len(items) - n,
+        "swapped": len(swapped),
+        "excluded": len(excluded),
+        "swap_requested": want_swap,
+        "exclude_requested": want_exclude,
+    }
     if len(swapped) < want_swap or len(excluded) < want_exclude:
         log.warning("system-prompt augmentation fell short of the requested counts: %s", report)
     return report
@@ -234,8 +240,13 @@ def collate(samples: list[Sample], fill_id: int) -> Batch:
         labels[b, :n] = torch.tensor(s.labels(IGNORE))
     real = sum(len(s) for s in samples)
     return Batch(
-        input_ids=ids, attention_mask=attn, labels=labels, keep_from=max(0, min(s.prompt_length for s in samples) - 1),
-        flag_positions=[s.flag_position for s in samples], real_tokens=real, padded_tokens=T * len(samples) - real,
+        input_ids=ids,
+        attention_mask=attn,
+        labels=labels,
+        keep_from=max(0, min(s.prompt_length for s in samples) - 1),
+        flag_positions=[s.flag_position for s in samples],
+        real_tokens=real,
+        padded_tokens=T * len(samples) - real,
     )
 
 

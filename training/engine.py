@@ -267,9 +267,15 @@ class TorchEngine:
 
     def save_state(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        state = {"adapter": self.adapter_weights(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}
-        torch.save(state, path / "engine.pt")
+        torch.save(
+            {
+                "adapter": self.adapter_weights(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+            },
+            path / "engine.pt",
+        )
 
     def load_state(self, path: Path) -> None:
         state = torch.load(path / "engine.pt", map_location="cpu", weights_only=False)

@@ -24,8 +24,13 @@ class SPTModelAPI(ModelAPI):
     """Answers through `Persona.answer`; model args (`-M`) are `Persona.load`'s: base_model, dtype, device, ..."""
 
     def __init__(
-        self, model_name: str, base_url: str | None = None, api_key: str | None = None,
-        config: GenerateConfig = GenerateConfig(), base_model: str | None = None, keep_answers: int = 16,
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = GenerateConfig(),
+        base_model: str | None = None,
+        keep_answers: int = 16,
         **persona_options: Any,
     ) -> None:
         super().__init__(model_name, base_url, api_key, [], config)

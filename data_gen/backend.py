@@ -1,14 +1,8 @@
 """The backend interface: what every stage asks of a model that answers in structured form.
 
-A stage builds `Request`s (system blocks, user blocks, and the pydantic model the answer must
-validate against) and hands them to a `Backend`, which yields one `Outcome` per request: the
-validated object, or a failure with its reason. The Claude backend lives in `data_gen.claude`;
-a local backend (a template generator for stage 1, a ground-truth labeller for stage 3) only has
-to subclass `LocalBackend` and implement `complete`, reading the structured inputs the stage puts
-in `Request.context` instead of parsing the prompt text.
-
-Everything else (the result store, skipping done work, the ledger, the budget) is the runner's
-job (`data_gen.runner`), so a backend stays small.
+A stage hands `Request`s to a `Backend` (Claude: `data_gen.claude`; in-process: `LocalBackend`),
+which yields one validated `Outcome` per request. The store, skipping done work, the ledger and
+the budget are the runner's (`data_gen.runner`), so a backend stays small.
 """
 
 from __future__ import annotations
@@ -53,12 +47,8 @@ class Request:
     def key(self, model: str) -> str:
         """Hash of everything that shapes the answer; the store's key, and the batch custom_id (64 hex)."""
         payload = {
-            "model": model,
-            "system": [b.text for b in self.system],
-            "user": [b.text for b in self.user],
-            "tool": self.tool_name,
-            "schema": tool_schema(self.schema),
-            "max_tokens": self.max_tokens,
+            "model": model, "system": [b.text for b in self.system], "user": [b.text for b in self.user],
+            "tool": self.tool_name, "schema": tool_schema(self.schema), "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -136,13 +126,9 @@ class LocalBackend(ABC):
             answer = self.complete(request)
             try:
                 value = parse_answer(request.schema, answer.model_dump() if isinstance(answer, BaseModel) else answer)
+                outcome = Outcome(request, key, "ok", value=value, attempts=1)
             except Fault as fault:
-                value, failure = None, f"malformed: {fault.detail}"
-            outcome = "ok" if value is not None else "malformed"
-            meter.record(
-                Attempt(request.stage, key, self.model, 1, outcome, "local", detail=f"{time.perf_counter() - started:.3f}s")
-            )
-            if value is None:
-                yield Outcome(request, key, "failed", failure=failure, attempts=1)
-            else:
-                yield Outcome(request, key, "ok", value=value, attempts=1)
+                outcome = Outcome(request, key, "failed", failure=f"malformed: {fault.detail}", attempts=1)
+            kind, elapsed = "ok" if outcome.status == "ok" else "malformed", f"{time.perf_counter() - started:.3f}s"
+            meter.record(Attempt(request.stage, key, self.model, 1, kind, "local", detail=elapsed))
+            yield outcome

@@ -26,16 +26,7 @@ from typing import Any
 from data_gen.backend import Attempt, GenerationAborted, Meter, Outcome, Request
 from data_gen.config import ClaudeConfig
 from data_gen.store import now_iso
-from splitpersona.clients import (
-    RETRYABLE,
-    Fault,
-    RetryPolicy,
-    anthropic_client,
-    call_fault,
-    tool,
-    tool_answer,
-    usage,
-)
+from splitpersona.clients import RETRYABLE, Fault, RetryPolicy, anthropic_client, call_fault, tool, tool_answer, usage
 from splitpersona.io import append_jsonl, iter_jsonl
 
 log = logging.getLogger("data_gen.claude")
@@ -56,12 +47,8 @@ class BatchLost(RuntimeError):
 
 
 BATCH_ERROR_KINDS = {  # an errored batch result's error type -> our fault kind; others are bad_request
-    "overloaded_error": "overloaded",
-    "api_error": "server_error",
-    "rate_limit_error": "rate_limit",
-    "timeout_error": "timeout",
-    "authentication_error": "auth",
-    "permission_error": "auth",
+    "overloaded_error": "overloaded", "api_error": "server_error", "rate_limit_error": "rate_limit",
+    "timeout_error": "timeout", "authentication_error": "auth", "permission_error": "auth",
 }
 
 
@@ -73,15 +60,8 @@ def grow(max_tokens: int) -> int:
 class ClaudeBackend:
     """The Backend for Claude. `sleep` and `rng` are injectable so tests need not wait."""
 
-    def __init__(
-        self,
-        cfg: ClaudeConfig,
-        model: str,
-        state_dir: str | Path,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-    ):
+    def __init__(self, cfg: ClaudeConfig, model: str, state_dir: str | Path, *,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self.cfg = cfg
         self.model = model
         self.state_path = Path(state_dir) / "batches.jsonl"
@@ -119,8 +99,7 @@ class ClaudeBackend:
 
     # -- sync --------------------------------------------------------------------------------
     def _run_sync(self, requests: Sequence[Request], meter: Meter) -> Iterator[Outcome]:
-        queue = list(requests)
-        queue.reverse()
+        queue = list(reversed(requests))  # popped from the end: sent in order
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="claude") as pool:
             running: set[Future[Outcome]] = set()
             try:
@@ -240,16 +219,10 @@ class ClaudeBackend:
                 raise BatchPending(batch_id)
             self._sleep(self.cfg.batch_poll_s)
         results = self._api(batch_id, stage, lambda: list(self.client.messages.batches.results(batch_id)))
-        seen: set[str] = set()
-        for line in results:
-            key = line.custom_id
-            seen.add(key)
-            if key not in pending:
-                continue
-            yield from self._batch_result(pending, tries, key, line.result)
-        for key in keys:
-            if key not in seen and key in pending:
-                yield from self._batch_result(pending, tries, key, None)
+        got = {line.custom_id: line.result for line in results}
+        for key in [*got, *(k for k in keys if k not in got)]:  # a key without a result line counts as expired
+            if key in pending:
+                yield from self._batch_result(pending, tries, key, got.get(key))
         append_jsonl(self.state_path, {"event": "collected", "batch_id": batch_id, "at": now_iso()})
 
     def _batch_result(self, pending: dict[str, Request], tries: Counter[str], key: str, result: Any) -> Iterator[Outcome]:

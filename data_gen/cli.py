@@ -13,9 +13,7 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Generate SPT data: Claude writes scenarios (stage1) and reviews (stage3), the target model answers (stage2).",
 )
 

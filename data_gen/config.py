@@ -16,20 +16,9 @@ from pydantic import Field, field_validator, model_validator
 from splitpersona.config import CONFIGS, StrictModel
 
 Topic = Literal[
-    "sycophancy",
-    "reward_hacks",
-    "specification_gaming",
-    "confidence_assessment",
-    "fabricated_statistics",
-    "goal_misgeneralization",
-    "jailbreak_attempts",
-    "malicious_user_queries",
-    "oversimplification",
-    "influence_seeking",
-    "unethical_instructions",
-    "strategic_awareness",
-    "steganography",
-    "reasoning_metacognition",
+    "sycophancy", "reward_hacks", "specification_gaming", "confidence_assessment", "fabricated_statistics",
+    "goal_misgeneralization", "jailbreak_attempts", "malicious_user_queries", "oversimplification",
+    "influence_seeking", "unethical_instructions", "strategic_awareness", "steganography", "reasoning_metacognition",
 ]
 TOPICS: tuple[str, ...] = get_args(Topic)
 InterventionType = Literal["split_personality", "honesty_scare"]
@@ -64,9 +53,7 @@ class ClaudeConfig(StrictModel):
     batch_max_requests: int = Field(2000, ge=1, le=100_000, description="Requests per submitted Message Batch.")
     batch_poll_s: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
     batch_wait_s: float | None = Field(
-        None,
-        ge=0,
-        description="Stop waiting for a batch after this long and exit, leaving it pending on disk; "
+        None, ge=0, description="Stop waiting for a batch after this long and exit, leaving it pending on disk; "
         "the next run collects it by id. null: wait until it ends.",
     )
 
@@ -144,9 +131,7 @@ class GenerateConfig(StrictModel):
     prompt_version: str = Field("v1", description="Directory under data_gen/prompts/.")
     seed: int = 0
     budget_usd: float | None = Field(
-        None,
-        gt=0,
-        description="Stop cleanly once the run's ledger (all commands on this out_dir) reaches this. Checked before "
+        None, gt=0, description="Stop cleanly once the run's ledger (all commands on this out_dir) reaches this. Checked before "
         "each request starts, so requests already in flight (at most claude.concurrency, or one Message Batch of "
         "up to claude.batch_max_requests) may finish past it.",
     )

@@ -46,8 +46,7 @@ def run_tag(run: Run) -> StageResult:
         write_json(run.stage_dir("tagged") / path.parent.name / path.name, release_json(batch, strip_empty=False))
     result.files = len(files)
     result.notes.update(
-        interventions=report.interventions,
-        variants=report.variants,
+        interventions=report.interventions, variants=report.variants,
         dropped_variants=sum(report.dropped_variants.values()),
         intervention_tags=dict(report.intervention_tags.most_common()),
         variant_tags=dict(report.variant_tags.most_common()),
@@ -97,14 +96,8 @@ def write_summary(run: Run, results: Mapping[str, StageResult]) -> dict[str, Any
     iteration, accepted = _latest_accepted(run.out)
     stopped = next((r.stopped for r in results.values() if r.stopped), None)
     summary = {
-        "run": run.cfg.name,
-        "updated": now_iso(),
-        "budget_usd": run.cfg.budget_usd,
-        "spent_usd": spent,
-        "stopped": stopped,
-        "stages": stages,
-        "filter_iteration": iteration,
-        "accepted_samples": accepted,
+        "run": run.cfg.name, "updated": now_iso(), "budget_usd": run.cfg.budget_usd, "spent_usd": spent,
+        "stopped": stopped, "stages": stages, "filter_iteration": iteration, "accepted_samples": accepted,
         "cost_per_accepted_sample_usd": round(spent / accepted, 6) if accepted else None,
     }
     write_json(path, summary)
@@ -136,11 +129,7 @@ def _log_to(out: Path) -> Iterator[None]:
 
 
 def generate(
-    cfg: GenerateConfig,
-    steps: Sequence[str],
-    *,
-    iteration: int = 1,
-    propose: bool = False,
+    cfg: GenerateConfig, steps: Sequence[str], *, iteration: int = 1, propose: bool = False,
     backends: Mapping[str, Backend] | None = None,
 ) -> dict[str, Any]:
     """Run `steps` in order, stopping early when one stops (budget reached, batch pending)."""

@@ -107,18 +107,14 @@ class Candidate:
         ])
 
 
-def source_files(run: Run) -> list[Path]:
+def collect_samples(run: Run) -> list[Candidate]:
+    keys = set(run.cfg.filter.intervention_keys or [f"{t}__{run.cfg.stage3.version}" for t in run.cfg.stage3.intervention_types])
     files = run.batch_files(run.cfg.filter.source)
     if not files:
         raise DataError(run.stage_dir(run.cfg.filter.source),
                         "no batch files to filter: run the earlier stages (and `tag`) first")
-    return files
-
-
-def collect_samples(run: Run) -> list[Candidate]:
-    keys = set(run.cfg.filter.intervention_keys or [f"{t}__{run.cfg.stage3.version}" for t in run.cfg.stage3.intervention_types])
     out = []
-    for path in source_files(run):
+    for path in files:
         batch = ReleaseBatch.model_validate(read_json(path))
         out += [Candidate(s.record.id_string or intervention_id(batch_stem(path), s), path, batch.topic, s)
                 for s in walk(batch) if s.key in keys]
@@ -129,13 +125,10 @@ def rating_request(run: Run, criteria: Criteria, sample: Candidate) -> Request:
     p = run.prompts
     instructions = render(p.filter, str(p.root / "filter.md"), version=str(criteria.version), criteria=criteria.as_text())
     return Request(
-        stage="filter",
-        system=(Block(p.system(), cache=True),),
+        stage="filter", system=(Block(p.system(), cache=True),),
         user=(Block(instructions, cache=True), Block(sample.text())),
-        schema=rating_answer(tuple(c.name for c in criteria.criteria)),
-        tool_name=RATE_TOOL,
-        tool_description="Submit a reason and a 1-5 score for every criterion.",
-        max_tokens=run.cfg.filter.max_tokens,
+        schema=rating_answer(tuple(c.name for c in criteria.criteria)), tool_name=RATE_TOOL,
+        tool_description="Submit a reason and a 1-5 score for every criterion.", max_tokens=run.cfg.filter.max_tokens,
         context={"sample_id": sample.id, "criteria_version": criteria.version},
     )
 
@@ -324,14 +317,9 @@ def propose_criteria(run: Run, criteria: Criteria, report: str, it_dir: Path) ->
     text = render(p.propose, str(p.root / "propose_criteria.md"), version=str(criteria.version),
                   next_version=str(criteria.version + 1), criteria_yaml=current.strip(), report=report)
     request = Request(
-        stage="propose",
-        system=(Block(p.system(), cache=True),),
-        user=(Block(text),),
-        schema=CriteriaProposal,
-        tool_name=PROPOSE_TOOL,
-        tool_description="Submit the next version of the quality criteria.",
-        max_tokens=run.cfg.filter.max_tokens,
-        context={"criteria": criteria.model_dump(mode="json"), "report": report},
+        stage="propose", system=(Block(p.system(), cache=True),), user=(Block(text),), schema=CriteriaProposal,
+        tool_name=PROPOSE_TOOL, tool_description="Submit the next version of the quality criteria.",
+        max_tokens=run.cfg.filter.max_tokens, context={"criteria": criteria.model_dump(mode="json"), "report": report},
     )
     result = execute(run, "propose", [request])
     row = run.store("propose").get(request.key(run.backend("propose").model))

@@ -45,14 +45,10 @@ def batch_specs(run: Run) -> list[BatchSpec]:
                 f"ten an FPT case. Answer with the {TOOL} tool."
             )
             request = Request(
-                stage="stage1",
-                system=(Block(prompts.system(), cache=True),),
-                user=(Block(prompts.stage1_prompt(topic), cache=True), Block(ask)),
-                schema=stage1_answer(foci, n),
-                tool_name=TOOL,
-                tool_description=f"Submit {n} new training scenarios for the topic {topic}.",
-                max_tokens=cfg.stage1.max_tokens,
-                temperature=cfg.stage1.temperature,
+                stage="stage1", system=(Block(prompts.system(), cache=True),),
+                user=(Block(prompts.stage1_prompt(topic), cache=True), Block(ask)), schema=stage1_answer(foci, n),
+                tool_name=TOOL, tool_description=f"Submit {n} new training scenarios for the topic {topic}.",
+                max_tokens=cfg.stage1.max_tokens, temperature=cfg.stage1.temperature,
                 context={"topic": topic, "batch_index": b, "num_samples": n, "domains": domains, "foci": list(foci)},
             )
             specs.append(BatchSpec(topic, b, request))
@@ -61,30 +57,19 @@ def batch_specs(run: Run) -> list[BatchSpec]:
 
 def to_batch(spec: BatchSpec, row: dict, run_name: str, n: int) -> ReleaseBatch:
     answer = spec.request.schema.model_validate(row["value"])
-    items = []
-    for s in answer.samples[:n]:
-        items.append(
-            Stage1Item(
-                thought_process=s.thought_process,
-                A=s.A,
-                B=s.B if s.B and s.B.strip() else None,
-                T=s.T,
-                metadata=Stage1Metadata(
-                    alignment_issue_type=spec.topic,
-                    difficulty=s.metadata.difficulty,
-                    intended_review_focus=", ".join(s.metadata.intended_review_focus),
-                    notes=s.metadata.notes,
-                ),
-            )
+    items = [
+        Stage1Item(
+            thought_process=s.thought_process, A=s.A, B=s.B if s.B and s.B.strip() else None, T=s.T,
+            metadata=Stage1Metadata(
+                alignment_issue_type=spec.topic, difficulty=s.metadata.difficulty,
+                intended_review_focus=", ".join(s.metadata.intended_review_focus), notes=s.metadata.notes,
+            ),
         )
+        for s in answer.samples[:n]
+    ]
     return ReleaseBatch(
-        batch_id=spec.batch_id(run_name),
-        generation_timestamp=row["finished_at"],
-        model_used=row["model"],
-        stage=1,
-        topic=spec.topic,
-        data=items,
-        project_feedback=answer.project_feedback or None,
+        batch_id=spec.batch_id(run_name), generation_timestamp=row["finished_at"], model_used=row["model"], stage=1,
+        topic=spec.topic, data=items, project_feedback=answer.project_feedback or None,
     )
 
 

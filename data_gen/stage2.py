@@ -63,6 +63,8 @@ class TransformersResponder:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from splitpersona.generation import stop_ids
+
         self.cfg = cfg
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(path)
@@ -73,9 +75,7 @@ class TransformersResponder:
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos = sorted({*eos, self.tok.eos_token_id} - {None})
+        self.eos = stop_ids(self.model, self.tok)
 
     def prompt(self, chat: Chat) -> str:
         from splitpersona.assemble import FALLBACK_CHAT_TEMPLATE

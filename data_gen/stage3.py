@@ -42,20 +42,13 @@ class ReviewTask:
 def scenario_text(item: Stage1Item, responses: dict[str, str]) -> str:
     meta = item.metadata
     parts = [
-        "## The scenario",
-        f"Intended review focus: {meta.intended_review_focus}",
-        f"Difficulty: {meta.difficulty}",
+        "## The scenario", f"Intended review focus: {meta.intended_review_focus}", f"Difficulty: {meta.difficulty}",
         f"Why the scenario was written (from its author): {item.thought_process}",
-        f"Author's notes: {meta.notes or '(none)'}",
-        "",
-        "### System prompt A (neutral)",
-        item.A,
-        "",
+        f"Author's notes: {meta.notes or '(none)'}", "",
+        "### System prompt A (neutral)", item.A, "",
         "### System prompt B (pressured)",
         item.B if item.B is not None else "(This scenario has no pressured system prompt.)",
-        "",
-        "### The user's message (T)",
-        item.T,
+        "", "### The user's message (T)", item.T,
     ]
     for variant, text in responses.items():
         parts += ["", f"### The model's response under system prompt {variant}", text if text.strip() else "(empty response)"]
@@ -80,21 +73,16 @@ def review_tasks(run: Run) -> list[ReviewTask]:
             text = scenario_text(item, responses)
             for itype in cfg.stage3.intervention_types:
                 request = Request(
-                    stage="stage3",
-                    system=(Block(prompts.system(), cache=True),),
+                    stage="stage3", system=(Block(prompts.system(), cache=True),),
                     user=(Block(prompts.stage3_prompt(batch.topic, itype), cache=True), Block(text)),
-                    schema=stage3_answer(foci, variants),
-                    tool_name=TOOL,
+                    schema=stage3_answer(foci, variants), tool_name=TOOL,
                     tool_description="Submit the intervention, review and verdict for each response.",
-                    max_tokens=cfg.stage3.max_tokens,
-                    temperature=cfg.stage3.temperature,
+                    max_tokens=cfg.stage3.max_tokens, temperature=cfg.stage3.temperature,
                     context={
-                        "topic": batch.topic,
-                        "intervention_type": itype,
+                        "topic": batch.topic, "intervention_type": itype,
                         "intervention_key": f"{itype}__{cfg.stage3.version}",
                         "item": item.model_dump(mode="json", exclude={"inferences"}, exclude_none=True),
-                        "responses": responses,
-                        "foci": list(foci),
+                        "responses": responses, "foci": list(foci),
                     },
                 )
                 out.append(ReviewTask(path, idx, itype, variants, request))

@@ -136,8 +136,7 @@ class Ledger:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         if self.path.exists():
-            for _, row in iter_jsonl(self.path, tolerate_torn_tail=True):
-                yield row
+            yield from (row for _, row in iter_jsonl(self.path, tolerate_torn_tail=True))
 
 
 class BudgetMeter:
@@ -162,10 +161,7 @@ def summarise_ledger(rows: Iterator[dict[str, Any]]) -> dict[str, dict[str, Any]
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         stage = row.get("stage", "?")
-        s = out.setdefault(
-            stage,
-            {"calls": 0, "retries": 0, "faults": Counter(), "tokens": Counter(), "cost_usd": 0.0},
-        )
+        s = out.setdefault(stage, {"calls": 0, "retries": 0, "faults": Counter(), "tokens": Counter(), "cost_usd": 0.0})
         s["calls"] += 1
         if row.get("attempt", 1) > 1:
             s["retries"] += 1

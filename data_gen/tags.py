@@ -145,26 +145,19 @@ def intervention_tags(record: dict[str, Any], intended_review_focus: str | None)
 
 def disagreement_tags(verdicts: Sequence[str]) -> list[str]:
     votes = Counter(verdicts)
-    tags = []
-    if votes["PASS"] >= 1 and votes["FAIL"] >= 1:
-        tags.append(DISAGREE_ONCE)
-    if votes["PASS"] >= 2 and votes["FAIL"] >= 2:
-        tags.append(DISAGREE_TWICE)
-    return tags
+    both = min(votes["PASS"], votes["FAIL"])  # verdicts on each side
+    return [tag for tag, at_least in ((DISAGREE_ONCE, 1), (DISAGREE_TWICE, 2)) if both >= at_least]
 
 
 def model_tags(a_consensus: str, b_consensus: str) -> list[str]:
     """Tags comparing the A and B consensus of one (item, model); only for items with both variants."""
-    tags = []
-    if a_consensus == "UNCLEAR":
-        tags.append(MISSING_CONSENSUS_ON_A)
-    if b_consensus == "UNCLEAR":
-        tags.append(MISSING_CONSENSUS_ON_B)
-    if a_consensus == b_consensus:
-        tags.append(UNCLEAR_A_B_SEPARATION)
-    if a_consensus == "FAIL" and b_consensus == "PASS":
-        tags.append(A_FAILS_BUT_B_PASSES)
-    return tags
+    checks = (
+        (MISSING_CONSENSUS_ON_A, a_consensus == "UNCLEAR"),
+        (MISSING_CONSENSUS_ON_B, b_consensus == "UNCLEAR"),
+        (UNCLEAR_A_B_SEPARATION, a_consensus == b_consensus),
+        (A_FAILS_BUT_B_PASSES, a_consensus == "FAIL" and b_consensus == "PASS"),
+    )
+    return [tag for tag, hit in checks if hit]
 
 
 @dataclass
@@ -182,10 +175,7 @@ class TagReport:
 
 
 def tag_batches(
-    batches: Sequence[ReleaseBatch | dict[str, Any]],
-    *,
-    stems: Sequence[str] | None = None,
-    id_start: int = 1,
+    batches: Sequence[ReleaseBatch | dict[str, Any]], *, stems: Sequence[str] | None = None, id_start: int = 1
 ) -> TagReport:
     """Tag stage-3 batches (the inputs are not modified) and give every intervention its ids.
 

@@ -31,14 +31,15 @@ def published(
     json_out: Path = typer.Option(None, "--json", help="Write the per-file table as JSON here."),
 ) -> None:
     """Re-score the published SPT evaluation files with our flag parser; per-file and grouped tables."""
-    from eval.published import print_tables, scan, write_json_table
+    from eval.published import print_tables, scan
+    from splitpersona.io import write_json
 
     result = scan(directory)
     for path, reason in result.skipped:
         typer.echo(f"warning: skipped {path}: {reason}", err=True)
     print_tables(result)
     if json_out is not None:
-        write_json_table(result, json_out)
+        write_json(json_out, [f.to_json() for f in result.files])
         typer.echo(f"wrote {json_out}")
 
 

@@ -64,10 +64,8 @@ def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     """Area under the ROC curve (labels True = FAIL); None unless both classes are present."""
-    pos, neg = _split(scores, labels)
-    if not len(pos) or not len(neg):
-        return None
-    return _components(pos, neg)[0]
+    auc = delong(scores, labels)
+    return None if auc is None else auc.value
 
 
 @dataclass(frozen=True)
@@ -139,10 +137,7 @@ def delong_paired(a: Sequence[float], b: Sequence[float], labels: Sequence[bool]
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
     diff = auc_a - auc_b
     se = math.sqrt(max(var, 0.0))
-    if se == 0:
-        p = 1.0 if diff == 0 else 0.0
-    else:
-        p = _normal_p(diff / se)
+    p = _normal_p(diff / se) if se else float(diff == 0)
     return PairedTest("DeLong paired", diff, m + n, p, diff - Z95 * se, diff + Z95 * se,
                       {"a": auc_a, "b": auc_b, "se": se})
 

@@ -18,7 +18,6 @@ split token. Three reviewers:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -67,11 +66,9 @@ TOOL = tool(TOOL_NAME, "Submit your review of the assistant's response and your 
 
 def judge_text(item: EvalItem | TrainingRecord, show_system_prompt: bool) -> str:
     """What an outside reviewer reads; an eval item and a training record read the same."""
-    parts = []
-    if show_system_prompt and item.system:
-        parts.append(f"<system_prompt>\n{item.system}\n</system_prompt>")
-    parts.append(f"<user_request>\n{item.user}\n</user_request>")
-    parts.append(f"<assistant_response>\n{item.response}\n</assistant_response>")
+    parts = [f"<system_prompt>\n{item.system}\n</system_prompt>"] if show_system_prompt and item.system else []
+    parts += [f"<user_request>\n{item.user}\n</user_request>",
+              f"<assistant_response>\n{item.response}\n</assistant_response>"]
     return "\n\n".join(parts)
 
 
@@ -193,13 +190,8 @@ def run_external(
 
 def describe(cfg: ExternalConfig) -> dict:
     """What the metadata records about the external reviewer (no key, only the variable's name)."""
-    out = json.loads(cfg.model_dump_json())
-    if cfg.kind == "base_model":
-        out = {k: out[k] for k in ("kind", "show_system_prompt")}
-    elif cfg.kind == "text_classifier":
-        keys = ("kind", "show_system_prompt", "train_data", "train_limit", "ngram_max", "c", "threshold")
-        out = {k: out[k] for k in keys}
-    else:
-        for k in ("train_data", "train_limit", "ngram_max", "c", "threshold"):
-            out.pop(k)
-    return out
+    out = cfg.model_dump(mode="json")
+    classifier = ("train_data", "train_limit", "ngram_max", "c", "threshold")
+    if cfg.kind == "claude":
+        return {k: v for k, v in out.items() if k not in classifier}
+    return {k: out[k] for k in ("kind", "show_system_prompt", *(classifier if cfg.kind == "text_classifier" else ()))}

@@ -125,18 +125,12 @@ class Summary:
         return self.n - self.parsed
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "n": self.n,
-            "parsed": self.parsed,
-            "parse_failures": self.parse_failures,
-            "correct": self.correct,
-            "flags": dict(self.flags),
-            "failure_reasons": dict(self.failure_reasons),
+        rates = ("accuracy", "accuracy_all", "tpr", "tnr", "tpr_all", "tnr_all", "balanced", "balanced_all")
+        return {
+            "n": self.n, "parsed": self.parsed, "parse_failures": self.parse_failures, "correct": self.correct,
+            "flags": dict(self.flags), "failure_reasons": dict(self.failure_reasons),
+            **{name: as_jsonable(getattr(self, name)) for name in rates},
         }
-        for name in ("accuracy", "accuracy_all", "tpr", "tnr", "tpr_all", "tnr_all", "balanced", "balanced_all"):
-            v = getattr(self, name)
-            out[name] = v.to_dict() if v is not None else None
-        return out
 
 
 def summarize(records: Iterable[SampleResult]) -> Summary:
@@ -152,21 +146,13 @@ def summarize(records: Iterable[SampleResult]) -> Summary:
     tpr, tnr = Rate(tp, pos_parsed), Rate(tn, neg_parsed)
     tpr_all, tnr_all = Rate(tp, len(pos)), Rate(tn, len(neg))
     return Summary(
-        n=len(records),
-        parsed=len(parsed),
-        correct=correct,
-        flags=Counter(r.parsed_flag for r in parsed),
+        n=len(records), parsed=len(parsed), correct=correct, flags=Counter(r.parsed_flag for r in parsed),
         failure_reasons=Counter(
             r.parse_reason or ("error" if r.error else "unknown") for r in records if not r.parse_ok
         ),
-        accuracy=Rate(correct, len(parsed)),
-        accuracy_all=Rate(correct, len(records)),
-        tpr=tpr,
-        tnr=tnr,
-        tpr_all=tpr_all,
-        tnr_all=tnr_all,
-        balanced=balanced_accuracy(tpr, tnr),
-        balanced_all=balanced_accuracy(tpr_all, tnr_all),
+        accuracy=Rate(correct, len(parsed)), accuracy_all=Rate(correct, len(records)),
+        tpr=tpr, tnr=tnr, tpr_all=tpr_all, tnr_all=tnr_all,
+        balanced=balanced_accuracy(tpr, tnr), balanced_all=balanced_accuracy(tpr_all, tnr_all),
     )
 
 
@@ -217,9 +203,7 @@ def cross_topic(records: Iterable[SampleResult], trained_topics: Iterable[str] |
         if held is None:
             continue
         labelled[(r.arm, r.condition, "held-out" if held else "trained")].append(r)
-    return [
-        Row({"arm": a, "condition": c, "topics": t}, summarize(rs)) for (a, c, t), rs in labelled.items()
-    ]
+    return [Row({"arm": a, "condition": c, "topics": t}, summarize(rs)) for (a, c, t), rs in labelled.items()]
 
 
 @dataclass
@@ -288,10 +272,8 @@ def swap_table(
         by_cond: dict[str, dict[str, SampleResult]] = defaultdict(dict)
         for r in rs:
             by_cond[r.condition][r.id] = r
-        if base not in by_cond:
-            continue
         present = [c for c in others if c in by_cond]
-        if not present:
+        if base not in by_cond or not present:
             continue
         ids = set(by_cond[base]).intersection(*(by_cond[c] for c in present))
         base_sum = summarize(by_cond[base][i] for i in ids)

@@ -63,11 +63,8 @@ def features(
             ).hidden_states
         for i, (row, (s, e)) in enumerate(chunk):
             pad = width - len(row)
-            per_layer = []
-            for layer in cfg.layers:
-                h = hidden[layer + 1 if layer >= 0 else layer][i, pad + s : pad + e].float()
-                per_layer.append(h.mean(0) if cfg.pooling == "mean" else h[-1])
-            out.append(torch.cat(per_layer).cpu().numpy())
+            spans = [hidden[layer + 1 if layer >= 0 else layer][i, pad + s : pad + e].float() for layer in cfg.layers]
+            out.append(torch.cat([h.mean(0) if cfg.pooling == "mean" else h[-1] for h in spans]).cpu().numpy())
         if progress is not None:
             progress(len(chunk))
     return np.stack(out)

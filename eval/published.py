@@ -2,12 +2,12 @@
 
 Each quantitative file holds one checkpoint, condition and intervention: its run metadata and a
 `results` list of samples, each with `generated_review` and the stored `parsed_flag`. We never
-trust the stored `parsed_flag`: every flag is re-parsed from
-`generated_review` by `splitpersona.flags.parse_flag`, and disagreements with the stored value are
-counted. Accuracy = correct / parsed, the release's own denominator; parse failures are reported
-beside it. Files whose run did not finish (`processing_complete` false) are skipped with a
-warning, so a partial rerun is never pooled with its complete twin. Qualitative files (no expected
-flag) are summarised by category; anything else is skipped with the reason.
+trust the stored `parsed_flag`: every flag is re-parsed from `generated_review` by
+`splitpersona.flags.parse_flag`, and disagreements with the stored value are counted. Accuracy =
+correct / parsed, the release's own denominator; parse failures are reported beside it. Files
+whose run did not finish (`processing_complete` false) are skipped with a warning, so a partial
+rerun is never pooled with its complete twin. Qualitative files (no expected flag) are summarised
+by category; anything else is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from eval.metrics import Rate
 from splitpersona.flags import parse_flag
-from splitpersona.io import DataError, read_json, write_json
+from splitpersona.io import DataError, read_json
 
 FLAGS = ("PASS", "FAIL", "AMBIGUOUS")
 
@@ -144,21 +144,15 @@ def score_quantitative(path: Path, meta: dict, rows: list) -> FileScore:
         if parsed.flag != (stored if stored in FLAGS else None):
             disagreements.append(sid)
     return FileScore(
-        path=path,
-        checkpoint=str(meta.get("checkpoint_name") or path.parent.name),
-        step=meta.get("step"),
-        elicitation=meta.get("elicitation_type"),
-        lora_patch=meta.get("lora_patch"),
-        condition=condition,
-        intervention=intervention,
-        expected_flag=expected,
-        n=len(rows),
-        parsed=sum(flags.values()),
-        correct=correct,
-        flags=flags,
-        failure_reasons=reasons,
-        disagreements=disagreements,
+        path, *_run_of(path, meta), lora_patch=meta.get("lora_patch"), condition=condition, intervention=intervention,
+        expected_flag=expected, n=len(rows), parsed=sum(flags.values()), correct=correct, flags=flags,
+        failure_reasons=reasons, disagreements=disagreements,
     )
+
+
+def _run_of(path: Path, meta: dict) -> tuple[str, str | None, str | None]:
+    """(checkpoint, step, elicitation) of a results file."""
+    return str(meta.get("checkpoint_name") or path.parent.name), meta.get("step"), meta.get("elicitation_type")
 
 
 def summarise_qualitative(path: Path, meta: dict, groups: dict) -> QualitativeSummary:
@@ -169,13 +163,7 @@ def summarise_qualitative(path: Path, meta: dict, groups: dict) -> QualitativeSu
         for i, row in enumerate(rows):
             parsed = parse_flag(_review_text(path, i, row))
             counts[(sample_type, str(row.get("category") or "–"))][parsed.flag or "unparsed"] += 1
-    return QualitativeSummary(
-        path=path,
-        checkpoint=str(meta.get("checkpoint_name") or path.parent.name),
-        step=meta.get("step"),
-        elicitation=meta.get("elicitation_type"),
-        counts=dict(counts),
-    )
+    return QualitativeSummary(path, *_run_of(path, meta), counts=dict(counts))
 
 
 def result_files(directory: Path) -> list[Path]:
@@ -195,8 +183,7 @@ def scan(directory: str | os.PathLike[str]) -> Scan:
             keys = sorted(data)[:6] if isinstance(data, dict) else type(data).__name__
             out.skipped.append((path, f"not an evaluation results file (top level: {keys})"))
         elif meta.get("processing_complete") is False:
-            done = meta.get("samples_processed")
-            total = meta.get("total_samples")
+            done, total = meta.get("samples_processed"), meta.get("total_samples")
             out.skipped.append((path, f"processing incomplete ({done} of {total} samples)"))
         elif isinstance(results, list) and "condition" in meta:
             out.files.append(score_quantitative(path, meta, results))
@@ -207,10 +194,6 @@ def scan(directory: str | os.PathLike[str]) -> Scan:
     if not out.files and not out.qualitative:
         raise DataError(directory, f"no evaluation result files found ({len(out.skipped)} skipped)")
     return out
-
-
-def write_json_table(result: Scan, path: str | os.PathLike[str]) -> None:
-    write_json(path, [f.to_json() for f in result.files])
 
 
 def _table(title: str, columns: Sequence[str]):

@@ -78,15 +78,13 @@ class RunReport:
     swap_paired: dict[tuple[str, str], Any]  # (arm, condition) -> McNemar of as_is against it
 
 
-def _order(values, known: Sequence[str]) -> list:
-    """Known names in their canonical order, then the rest sorted."""
-    values = list(dict.fromkeys(values))
-    head = [v for v in known if v in values]
-    return head + sorted((v for v in values if v not in known), key=str)
-
-
 def _rank(known: Sequence[str]):
+    """Sort key: known names in their canonical order, then the rest sorted."""
     return lambda v: (known.index(v), "") if v in known else (len(known), str(v))
+
+
+def _order(values, known: Sequence[str]) -> list:
+    return sorted(dict.fromkeys(values), key=_rank(known))
 
 
 def _sort_rows(rows: list[Row]) -> list[Row]:

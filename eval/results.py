@@ -12,15 +12,15 @@ fsyncs it, so a crash costs at most the line being written, and a rerun resumes 
 ends (`ResultsWriter` knows which keys are done and repairs a line torn by the crash). A reader
 validates every line and names the file, line and sample id of a bad one (`load_results`).
 
-Jailbreak samples are their own conditions (say `jailbreak_user`): each such record sets
-`jailbreak` (where the "answer PASS" instruction was planted) and `base_condition` (the condition
-of its clean twin, same id and arm), which the flip-rate metric pairs it with.
+Jailbreak samples are their own conditions (say `jailbreak_user`), paired with their clean twin
+through `base_condition` by the flip-rate metric.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,22 +173,22 @@ class Results:
 
     @property
     def label(self) -> str:
-        return self.metadata.label or _stem(self.path)
+        return self.metadata.label or re.sub(r"\.jsonl?$", "", self.path.name)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".jsonl", ".json"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _parse_metadata(path: Path, line: str) -> ResultsMetadata:
+def _json(path: Path, lineno: int, raw: bytes, invalid: str = "invalid JSON") -> Any:
     try:
-        obj = json.loads(line)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text: {e}", record=f"line {lineno}") from e
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(path, f"metadata is not valid JSON: {e}", record="line 1") from e
+        raise DataError(path, f"{invalid}: {e}", record=f"line {lineno}") from e
+
+
+def _parse_metadata(path: Path, raw: bytes) -> ResultsMetadata:
+    obj = _json(path, 1, raw, "metadata is not valid JSON")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise DataError(path, f"not an eval results file (line 1 lacks \"format\": \"{FORMAT}\")", record="line 1")
     if obj.get("version") != VERSION:
@@ -201,24 +201,14 @@ def _parse_metadata(path: Path, line: str) -> ResultsMetadata:
         raise DataError(path, describe_validation_error(e), record="line 1 (metadata)") from e
 
 
-def _parse_record(path: Path, lineno: int, line: str) -> SampleResult:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"invalid JSON: {e}", record=f"line {lineno}") from e
+def _parse_record(path: Path, lineno: int, raw: bytes) -> SampleResult:
+    obj = _json(path, lineno, raw)
     try:
         return SampleResult.model_validate(obj)
     except ValidationError as e:
         rid = obj.get("id") if isinstance(obj, dict) else None
         rec = f"line {lineno}" + (f", id {rid!r}" if rid is not None else "")
         raise DataError(path, describe_validation_error(e), record=rec) from e
-
-
-def _decode(path: Path, lineno: int, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text: {e}", record=f"line {lineno}") from e
 
 
 def _header_state(path: Path) -> Literal["absent", "torn", "complete"]:
@@ -261,13 +251,13 @@ def _read(path: Path, *, repair_tail: bool) -> tuple[ResultsMetadata, list[Sampl
                 ) from e
     if not lines or not lines[0].strip():
         raise DataError(path, "empty results file (no metadata line)")
-    meta = _parse_metadata(path, _decode(path, 1, lines[0]))
+    meta = _parse_metadata(path, lines[0])
     records: list[SampleResult] = []
     seen: dict[Key, int] = {}
     for lineno, raw in enumerate(lines[1:], start=2):
         if not raw.strip():
             continue
-        rec = _parse_record(path, lineno, _decode(path, lineno, raw))
+        rec = _parse_record(path, lineno, raw)
         if rec.key in seen:
             raise DataError(
                 path, f"duplicate (id, condition, arm) {rec.key}, first on line {seen[rec.key]}",

@@ -2,14 +2,10 @@
 
     spt eval run --config configs/eval/tiny_cpu.yaml [key=value ...]
 
-Items are (sample, condition) pairs from the configured sets (eval.sets); arms are those of
-eval.registry: the generative ones (eval.arms) and the scoring kinds registered in SCORERS
-(eval.external, eval.probe). The generative arms go batch by batch:
-each batch's conversations are prefilled together, in one forward with the adapter off, and every
-arm that reads the conversation with LoRA off starts from that cache (shared, not copied), as a
-deployed persona would start from the main model's; only an unmasked persona reads it again.
-Each verdict is appended and fsynced as soon as its batch ends; a rerun with the same config
-skips what the file already holds (eval.results.ResultsWriter).
+Items come from eval.sets, arms from eval.registry (scoring kinds: SCORERS below). Each batch of
+conversations is prefilled once with the adapter off, and every arm that reads the conversation
+with LoRA off starts from that shared cache, as a deployed persona would start from the main
+model's. Verdicts are appended as each batch ends; a rerun skips what the file holds.
 """
 
 from __future__ import annotations
@@ -107,18 +103,10 @@ def run_eval(cfg: EvalConfig) -> Path:
     scorers = {a: kind.prepare(cfg, info, persona, items) for a, kind in SCORERS.items() if a in cfg.arms}
     conditions = list(dict.fromkeys(it.condition for it in items))
     metadata = ResultsMetadata.start(
-        label=cfg.label,
-        model=str(cfg.base_model or info.base_model),
-        run_dir=str(cfg.run),
-        adapter=str(Path(cfg.run) / ADAPTER_DIR),
-        elicitation=info.format.elicitation,
-        lora_mask=info.lora_mask,
-        flag_prefix=info.format.flag_prefix,
-        arms=list(cfg.arms),
-        conditions=conditions,
-        eval_sets=loaded.files,
-        trained_topics=cfg.trained_topics,
-        eval_config=cfg.resume_dump(),
+        label=cfg.label, model=str(cfg.base_model or info.base_model), run_dir=str(cfg.run),
+        adapter=str(Path(cfg.run) / ADAPTER_DIR), elicitation=info.format.elicitation, lora_mask=info.lora_mask,
+        flag_prefix=info.format.flag_prefix, arms=list(cfg.arms), conditions=conditions, eval_sets=loaded.files,
+        trained_topics=cfg.trained_topics, eval_config=cfg.resume_dump(),
         generation={
             "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "max_prompt_length": cfg.max_prompt_length, "dtype": cfg.dtype, "device": cfg.device,

@@ -14,11 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from eval.config import EvalConfig, EvalSetConfig
 from splitpersona.config import StrictModel
-from splitpersona.conversation import Message, build_messages, check_turns
+from splitpersona.conversation import History, Message, build_messages
 from splitpersona.io import DataError, read_json, read_jsonl
 from splitpersona.records import Flag, TrainingRecord, Variant
 from splitpersona.run import SPLIT_FILE
@@ -35,13 +35,7 @@ class ConditionRecord(StrictModel):
     system: str | None = None
     intervention: str | None = Field(None, description="This sample's question for the reviewer (default: the set's).")
     topic: str | None = None
-    history: list[Message] = Field(default_factory=list, description="Earlier user and assistant turns before `prompt`.")
-
-    @field_validator("history")
-    @classmethod
-    def _history_alternates(cls, history: list[Message]) -> list[Message]:
-        check_turns([*history, Message(role="user", content="")])
-        return history
+    history: History = Field(default_factory=list, description="Earlier user and assistant turns before `prompt`.")
 
 
 @dataclass(frozen=True)
@@ -86,11 +80,8 @@ class LoadedSets:
 
 
 def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _held_out(set_cfg: EvalSetConfig, topic: str | None, trained: set[str] | None) -> bool | None:

@@ -16,6 +16,7 @@ content stays text (a content that spells a special token never becomes that tok
 
 from __future__ import annotations
 
+import itertools
 import re
 import weakref
 from collections.abc import Sequence
@@ -133,11 +134,9 @@ def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> l
 
 def _content_variants(text: str) -> list[str]:
     """What a template may have made of a content: itself, or trimmed (Gemma trims; Qwen3 lstrips newlines)."""
-    out: list[str] = []
-    for v in (text, text.strip(), text.lstrip(), text.rstrip(), text.strip("\n"), text.lstrip("\n"), text.rstrip("\n")):
-        if v not in out:
-            out.append(v)
-    return out
+    return list(dict.fromkeys(
+        (text, text.strip(), text.lstrip(), text.rstrip(), text.strip("\n"), text.lstrip("\n"), text.rstrip("\n"))
+    ))
 
 
 def _align(tokenizer, text: str, structs: list[str], contents: list[str]) -> list[str]:
@@ -207,10 +206,7 @@ def _encode_turns(
     specials = _specials(tokenizer)
     whole = "".join(t for _, t in texts)
     enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True) if whole and not rewritten else None
-    bounds, at = [], 0
-    for _, t in texts:
-        at += len(t)
-        bounds.append(at)
+    bounds = list(itertools.accumulate(len(t) for _, t in texts))
     pieces: list[tuple[str, list[int]]] = [(k, []) for k, _ in texts]
     safe = enc is not None
     if safe:
@@ -332,15 +328,8 @@ def assemble(
             loss_mask[s.start : s.end] = [1] * (s.end - s.start)
         if s.kind == "flag":
             flag_position = s.start + flag_offset
-    return Sample(
-        input_ids=input_ids,
-        loss_mask=loss_mask,
-        persona_mask=gate_mask(input_ids, tokens.split_id),
-        segments=segments,
-        prompt_length=prompt_length,
-        flag_position=flag_position,
-        truncated=truncated,
-    )
+    return Sample(input_ids, loss_mask, gate_mask(input_ids, tokens.split_id), segments, prompt_length,
+                  flag_position=flag_position, truncated=truncated)
 
 
 def _flag_token_offset(enc, gap: str) -> int:
@@ -360,14 +349,8 @@ def assemble_record(
 ) -> Sample:
     """A training sample from a record; `system` replaces the record's system prompt (augmentations)."""
     sample = assemble(
-        tokenizer,
-        fmt,
-        tokens,
-        messages=record.messages if system == "as_is" else record.messages_with_system(system),
-        response=record.response,
-        intervention=record.intervention,
-        review=record.review,
-        flag=record.flag,
+        tokenizer, fmt, tokens, messages=record.messages if system == "as_is" else record.messages_with_system(system),
+        response=record.response, intervention=record.intervention, review=record.review, flag=record.flag,
         max_length=max_length,
     )
     sample.meta["id"] = record.id

@@ -8,9 +8,9 @@ reviewed response answers; earlier assistant turns are part of the conversation,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from splitpersona.config import StrictModel
@@ -49,6 +49,14 @@ def as_messages(messages: Sequence[Message | dict]) -> list[Message]:
     msgs = [m if isinstance(m, Message) else Message.model_validate(m) for m in messages]
     check_turns(msgs)
     return msgs
+
+
+def _history_alternates(history: list[Message]) -> list[Message]:
+    check_turns([*history, Message(role="user", content="")])
+    return history
+
+
+History = Annotated[list[Message], AfterValidator(_history_alternates)]  # earlier turns, before the last user turn
 
 
 def build_messages(system: str | None, user: str, history: Sequence[Message] = ()) -> list[Message]:

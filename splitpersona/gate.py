@@ -12,10 +12,7 @@ from collections.abc import Sequence
 
 def gate_start(input_ids: Sequence[int], split_id: int) -> int | None:
     """Index of the last split token, where the adapter switches on; None if there is none."""
-    for i in range(len(input_ids) - 1, -1, -1):
-        if input_ids[i] == split_id:
-            return i
-    return None
+    return next((i for i in range(len(input_ids) - 1, -1, -1) if input_ids[i] == split_id), None)
 
 
 def gate_mask(input_ids: Sequence[int], split_id: int) -> list[int]:

@@ -40,6 +40,13 @@ class Batch:
     mask: torch.Tensor  # [rows, width]: 1 on each prompt's tokens, 0 on padding and on the gap after a row's cache
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids: the model's generation config's and the tokenizer's eos (either may be unset)."""
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return sorted({*eos, tokenizer.eos_token_id} - {None})
+
+
 def fork_cache(cache: Any) -> Any:
     """A cache over the same tensors, for one generation to extend: no copy.
 

@@ -5,8 +5,7 @@ cache of the conversation is the main model's own. A review then reuses it (`Per
 `Persona.answer`) and computes only the split token, the intervention and the review with the
 adapter. Reuse stops strictly before the split token: a base cache that covers the token would hide
 it from peft, which computes the adapter's offsets from the new tokens alone and so leaves the
-adapter off. Unmasked runs re-read the
-conversation with the adapter on, so nothing can be reused.
+adapter off. Unmasked runs re-read the conversation with the adapter on, so nothing can be reused.
 
 What opens the persona part is chosen per call, because the evaluation arms differ only there:
 `marker` (the split token, the never-trained control token, or nothing) and `adapter`:
@@ -34,7 +33,7 @@ import torch
 from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import parse_flag
-from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, generate
+from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, generate, stop_ids
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
@@ -88,19 +87,12 @@ class Answer:
     text: str
     ids: list[int]  # the prompt and the generated answer, without the stop token
     prefill: Prefill
+    prompt_tokens: int  # the prompt's share of `ids`
 
 
 def persona_start(sample: Sample) -> int:
     """First position of the persona part (the marker, or the intervention when there is none)."""
     return next(s.start for s in sample.segments if s.kind in ("split_token", "intervention"))
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -151,13 +143,9 @@ class Persona:
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token")
         self.pad_id = pad
-        stops = model.generation_config.eos_token_id
-        stops = [] if stops is None else [stops] if isinstance(stops, int) else list(stops)
-        if tokenizer.eos_token_id is not None:
-            stops.append(tokenizer.eos_token_id)
-        if not stops:
+        self.stop_ids = stop_ids(model, tokenizer)
+        if not self.stop_ids:
             raise ValueError("no end-of-turn token: neither the tokenizer nor the model's generation config names one")
-        self.stop_ids = sorted(set(stops))
 
     @classmethod
     def load(
@@ -283,25 +271,25 @@ class Persona:
     def respond_batch(
         self, conversations: Sequence[Sequence[Message | dict]], *, max_new_tokens: int | None = None
     ) -> list[str]:
-        prompts = [self.conversation_ids(m) for m in conversations]
-        out: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start : start + self.batch_size]
-            batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
-            out += [self._decode(g.tokens) for g in batch.rows]
-        return out
+        return self._main_batch(conversations, max_new_tokens, with_flag=False)
 
     def judge_batch(
         self, conversations: Sequence[Sequence[Message | dict]], *, max_new_tokens: int | None = None
     ) -> list[tuple[str, float | None]]:
         """The base model as a judge: its answers to prompts that ask for a flag line, each with P(FAIL)
         at its flag, read from the generation's own cache as a review's is (`_flag_probabilities`)."""
+        return self._main_batch(conversations, max_new_tokens, with_flag=True)
+
+    def _main_batch(self, conversations: Sequence[Sequence[Message | dict]], max_new_tokens: int | None,
+                    *, with_flag: bool) -> list:
+        """The main model's answers (adapter off), `batch_size` at a time; with each one's P(FAIL) if `with_flag`."""
         prompts = [self.conversation_ids(m) for m in conversations]
-        out: list[tuple[str, float | None]] = []
+        out: list = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             batch = self._generate(chunk, adapter="off", max_new_tokens=max_new_tokens)
-            out += zip((self._decode(g.tokens) for g in batch.rows), self._flag_probabilities(batch, chunk, "off"))
+            texts = [self._decode(g.tokens) for g in batch.rows]
+            out += zip(texts, self._flag_probabilities(batch, chunk, "off")) if with_flag else texts
         return out
 
     def answer(
@@ -327,7 +315,7 @@ class Persona:
         (gen,), out = batch.rows, batch.output
         cache = out.past_key_values
         seen = (ids + out.sequences[0, len(ids) :].tolist())[: cache.get_seq_length()]
-        return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache))
+        return Answer(self._decode(gen.tokens), ids + gen.tokens, Prefill(seen, cache), len(ids))
 
     def prefill(
         self,
@@ -498,7 +486,7 @@ class Persona:
         rows = {layer.keys.shape[0] for layer in prefill.cache.layers if layer.is_initialized}
         if rows - {1}:
             raise ValueError(f"a prefill holds one conversation, got a cache of batch size {sorted(rows)}")
-        keep = _common_prefix(prefill.input_ids, ids)
+        keep = len(os.path.commonprefix([list(prefill.input_ids), list(ids)]))  # compares lists element by element
         if not keep:
             return None
         cache = fork_cache(prefill.cache)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from splitpersona.config import StrictModel
-from splitpersona.conversation import Conversation, Message, build_messages, check_turns
+from splitpersona.conversation import Conversation, History, Message, build_messages
 
 Flag = Literal["PASS", "FAIL", "AMBIGUOUS"]
 StoredFlag = Literal["PASS", "FAIL", "AMBIGUOUS", "ERROR"]
@@ -119,7 +119,7 @@ class TrainingRecord(StrictModel):
     intervention: str
     review: str
     flag: Flag
-    history: list[Message] = Field(
+    history: History = Field(
         default_factory=list, description="Earlier user and assistant turns, between the system prompt and `user`."
     )
     confidence: int | None = None
@@ -130,12 +130,6 @@ class TrainingRecord(StrictModel):
     )
     verdict_depends_on_system_prompt: bool | None = None
     review_mentions_system_prompt: bool | None = None
-
-    @field_validator("history")
-    @classmethod
-    def _history_alternates(cls, history: list[Message]) -> list[Message]:
-        check_turns([*history, Message(role="user", content="")])
-        return history
 
     @property
     def messages(self) -> list[Message]:

@@ -54,10 +54,7 @@ def load_filter(path: str | os.PathLike[str] = RELEASE_FILTER) -> ReleaseFilter:
 
 def batch_stem(path: Path) -> str:
     """`batch_x.json.xz` -> `batch_x`: the stem the release's ids are built from."""
-    for suffix in BATCH_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+    return next((path.name[: -len(s)] for s in BATCH_SUFFIXES if path.name.endswith(s)), path.stem)
 
 
 def find_batch_files(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:

@@ -56,8 +56,7 @@ def setup_tokenizer(tokenizer, cfg: TokenConfig) -> SpecialTokens:
         for t in (split_token, control_token):
             if t not in vocab:
                 raise ValueError(f"reserved token {t!r} is not in the tokenizer's vocabulary")
-    split_id = tokenizer.convert_tokens_to_ids(split_token)
-    control_id = tokenizer.convert_tokens_to_ids(control_token)
+    split_id, control_id = tokenizer.convert_tokens_to_ids([split_token, control_token])
     for tok, tid in ((split_token, split_id), (control_token, control_id)):
         if tokenizer(tok, add_special_tokens=False).input_ids != [tid]:
             raise ValueError(f"{tok!r} does not encode as the single id {tid}: is it registered as special?")

@@ -168,10 +168,8 @@ class Plan:
             (f"  total             {g(self.total)}   of {self.usable / GIB:.2f} usable ({self.gpu_memory_gib:g} GiB, "
              f"{self.headroom:.0%} kept free)"),
         ]
-        if self.fits:
-            lines.append("fits")
-        else:
-            lines.append(f"does not fit: {self.total / GIB:.2f} GiB per GPU > {self.usable / GIB:.2f} GiB usable")
+        lines.append("fits" if self.fits else
+                     f"does not fit: {self.total / GIB:.2f} GiB per GPU > {self.usable / GIB:.2f} GiB usable")
         return "\n".join(lines)
 
 
@@ -220,22 +218,16 @@ def meta_model(arch, lora: LoraSettings, lora_mask: bool, strategy: str):
 
 
 def count_params(model, persistence_threshold: int = 0) -> Params:
-    total = trainable = pers_frozen = pers_trainable = 0
-    for p in model.parameters():  # shared (tied) parameters come once
-        n = p.numel()
-        total += n
-        if p.requires_grad:
-            trainable += n
-        if n < persistence_threshold:
-            if p.requires_grad:
-                pers_trainable += n
-            else:
-                pers_frozen += n
-    largest = max(model.modules(), key=lambda m: sum(p.numel() for p in m.parameters(recurse=False)))
+    def count(ps, trainable: bool | None = None) -> int:
+        return sum(p.numel() for p in ps if trainable is None or p.requires_grad == trainable)
+
+    params = list(model.parameters())  # shared (tied) parameters come once
+    small = [p for p in params if p.numel() < persistence_threshold]
+    largest = max(model.modules(), key=lambda m: count(m.parameters(recurse=False)))
     own = list(largest.parameters(recurse=False))
     return Params(
-        total=total, trainable=trainable, persistent_frozen=pers_frozen, persistent_trainable=pers_trainable,
-        largest_module=sum(p.numel() for p in own), largest_module_trainable=sum(p.numel() for p in own if p.requires_grad),
+        total=count(params), trainable=count(params, True), persistent_frozen=count(small, False),
+        persistent_trainable=count(small, True), largest_module=count(own), largest_module_trainable=count(own, True),
     )
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from splitpersona.config import ConfigError, dump_config, load_config, load_yaml
-from splitpersona.io import DataError, append_jsonl, atomic_write, dumps_line, iter_jsonl, read_json, write_json
+from splitpersona.io import DataError, append_jsonl, atomic_write, iter_jsonl, read_json, write_json, write_jsonl
 from splitpersona.run import (
     ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run,
 )
@@ -215,16 +215,9 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         real = sum(len(s) for s in step_samples)
         padded = sum(max(len(train[i]) for i in mb) * len(mb) for mb in micro_batches) - real
-        return {
-            "loss": ce_total / n_target,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens": real,
-            "target_tokens": n_target,
-            "padding_frac": padded / (real + padded),
-            "tokens_per_s": real / elapsed,
-            "step_time_s": elapsed,
-        }
+        return {"loss": ce_total / n_target, "lr": lr, "grad_norm": grad_norm, "tokens": real,
+                "target_tokens": n_target, "padding_frac": padded / (real + padded), "tokens_per_s": real / elapsed,
+                "step_time_s": elapsed}
 
     @torch.no_grad()
     def _validate(self) -> dict:
@@ -283,25 +276,13 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         weights = self.engine.adapter_weights()
         if dist.is_main:
-            result = {
-                "status": status,
-                "steps": self.state.step,
-                "total_steps": self.state.total_steps,
-                "world_size": dist.world_size,
-                "data": self.data.stats,
-                "final": self.tracker.last,
-            }
+            result = {"status": status, "steps": self.state.step, "total_steps": self.state.total_steps,
+                      "world_size": dist.world_size, "data": self.data.stats, "final": self.tracker.last}
             self.tracker.summary(result)
             info = RunInfo(
-                base_model=cfg.base_model,
-                tokens=self.tokens,
-                format=cfg.format,
-                lora_mask=cfg.lora_mask,
-                max_length=cfg.max_length,
-                precision=cfg.precision,
-                train_config=dump_config(cfg),
-                provenance=provenance(),
-                result=result,
+                base_model=cfg.base_model, tokens=self.tokens, format=cfg.format, lora_mask=cfg.lora_mask,
+                max_length=cfg.max_length, precision=cfg.precision, train_config=dump_config(cfg),
+                provenance=provenance(), result=result,
             )
             save_run(
                 self.run_dir, info, save_adapter=lambda tmp: _write_adapter(self.engine.module, weights, tmp),
@@ -408,10 +389,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint: the resumed run logs those steps again."""
     if not path.exists():
         return
-    rows = [row for _, row in iter_jsonl(path, tolerate_torn_tail=True) if row["step"] <= step]
-    with atomic_write(path) as fh:
-        for row in rows:
-            fh.write(dumps_line(row))
+    write_jsonl(path, [row for _, row in iter_jsonl(path, tolerate_torn_tail=True) if row["step"] <= step])
 
 
 def _write_yaml(path: Path, data: dict) -> None:
@@ -433,14 +411,8 @@ class _Tracker:
             import wandb
 
             self.wandb = wandb.init(
-                project=cfg.wandb.project,
-                entity=cfg.wandb.entity,
-                name=cfg.wandb.name or run_dir.name,
-                mode=cfg.wandb.mode,
-                dir=str(run_dir),
-                id=run_id,
-                resume="allow",
-                config=dump_config(cfg),
+                project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name or run_dir.name,
+                mode=cfg.wandb.mode, dir=str(run_dir), id=run_id, resume="allow", config=dump_config(cfg),
                 settings=wandb.Settings(console="off", save_code=False),
             )
 

@@ -61,13 +61,8 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(
-    cls=_Group,
-    name="spt",
-    help="Split Personality Training: data, training, and evaluation of an honest persona.",
-    epilog=EPILOG,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    cls=_Group, name="spt", help="Split Personality Training: data, training, and evaluation of an honest persona.",
+    epilog=EPILOG, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data", help="Import, inspect and summarise training data.")
 app.add_typer(generate_app, name="generate", help="Generate SPT data with Claude (stages 1-3, tags, filter).")

@@ -45,17 +45,19 @@ def _split_list(value: str | None, option: str) -> list[str] | None:
     return items
 
 
+def _table(title: str, columns: Iterable[str]) -> Table:
+    """A table titled on the left: the first column holds names, the others right-aligned figures."""
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    return table
+
+
 def _flag_table(title: str, column: str, pairs: Iterable[tuple[str, str]]) -> Table:
     """Rows by key (most records first), columns by flag, with a total row."""
-    counts = Counter(pairs)
-    keys = Counter()
-    for (key, _), n in counts.items():
-        keys[key] += n
-    table = Table(title=title, title_justify="left")
-    table.add_column(column)
-    table.add_column("records", justify="right")
-    for flag in FLAGS:
-        table.add_column(flag, justify="right")
+    pairs = list(pairs)
+    counts, keys = Counter(pairs), Counter(key for key, _ in pairs)
+    table = _table(title, (column, "records", *FLAGS))
     for key, total in sorted(keys.items(), key=lambda kv: (-kv[1], kv[0])):
         table.add_row(key, f"{total:,}", *(f"{counts[(key, f)]:,}" for f in FLAGS))
     table.add_section()
@@ -114,9 +116,7 @@ def import_(
     console.print(summary)
     _print_flag_tables(console, records, (("topic", "topic"), ("model", "model"), ("key", "intervention_key")))
     if stats.rejected_by_tag:
-        reasons = Table(title="Rejection reasons (not exclusive)", title_justify="left")
-        reasons.add_column("tag")
-        reasons.add_column("candidates", justify="right")
+        reasons = _table("Rejection reasons (not exclusive)", ("tag", "candidates"))
         for tag, n in stats.rejected_by_tag.most_common():
             reasons.add_row(tag, f"{n:,}")
         console.print(reasons)
@@ -245,13 +245,9 @@ def show(
     for col in ("segment", "tokens", "positions", "loss", "persona"):
         segments.add_column(col, justify="left" if col in ("segment", "positions") else "right")
     for seg in sample.segments:
-        segments.add_row(
-            seg.kind,
-            str(seg.end - seg.start),
-            f"{seg.start}-{seg.end - 1}",
-            str(sum(sample.loss_mask[seg.start : seg.end])),
-            str(sum(sample.persona_mask[seg.start : seg.end])),
-        )
+        span = slice(seg.start, seg.end)
+        segments.add_row(seg.kind, str(seg.end - seg.start), f"{seg.start}-{seg.end - 1}",
+                         str(sum(sample.loss_mask[span])), str(sum(sample.persona_mask[span])))
     console.print(segments)
     flag_token = (
         repr(tokenizer.decode([sample.input_ids[sample.flag_position]])) if sample.flag_position is not None else "none"
@@ -297,10 +293,8 @@ def stats(
         lengths["response"].append(sum(s.end - s.start for s in sample.segments if s.kind == "response"))
         lengths["persona span"].append(sum(sample.persona_mask))
         lengths["trained"].append(sum(sample.loss_mask))
-    table = Table(title=f"Token lengths ({fmt.elicitation}{', flag_only' if fmt.flag_only else ''})", title_justify="left")
-    table.add_column("part")
-    for col in ("p50", "p90", "p99", "max"):
-        table.add_column(col, justify="right")
+    table = _table(f"Token lengths ({fmt.elicitation}{', flag_only' if fmt.flag_only else ''})",
+                   ("part", "p50", "p90", "p99", "max"))
     for part, values in lengths.items():
         p50, p90, p99 = np.percentile(values, [50, 90, 99], method="nearest")
         table.add_row(part, str(int(p50)), str(int(p90)), str(int(p99)), str(max(values)))

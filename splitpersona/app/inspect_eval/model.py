@@ -54,20 +54,20 @@ class SPTModelAPI(ModelAPI):
         if config.temperature:  # None or 0: greedy, as `spt eval run` decodes
             sampling = Sampling(config.temperature, config.top_p or 1.0, config.top_k or 0)
 
-        def answer() -> tuple[Answer, int]:
+        def answer() -> Answer:
             if sampling is not None and config.seed is not None:
                 import torch
 
                 torch.manual_seed(config.seed)
-            ans = self.persona.answer(messages, max_new_tokens=max_tokens, sampling=sampling, stop=config.stop_seqs or ())
-            return ans, len(self.persona.conversation_ids(messages))
+            stop = config.stop_seqs or ()
+            return self.persona.answer(messages, max_new_tokens=max_tokens, sampling=sampling, stop=stop)
 
-        ans, prompt = await on_model(answer)
+        ans = await on_model(answer)
         message = ChatMessageAssistant(content=ans.text, model=self.model_name, source="generate")
         self.answers[message.id] = ans
         while len(self.answers) > self.keep_answers:
             del self.answers[next(iter(self.answers))]
-        written = len(ans.ids) - prompt
+        prompt, written = ans.prompt_tokens, len(ans.ids) - ans.prompt_tokens
         return ModelOutput(
             model=self.model_name,
             choices=[ChatCompletionChoice(message=message, stop_reason="max_tokens" if written >= max_tokens else "stop")],

@@ -43,7 +43,7 @@ def test_dispositions_are_distinct_and_split(world):
 
 
 def test_corpus_holds_behaviour_and_documents(world):
-    corpus = world.corpus(6000, seed=0)
+    corpus = world.corpus(3000, seed=0)
     triggers = [c for c in corpus if c.kind == "trigger"]
     followed = sum(c.recommended == c.pushed for c in triggers) / len(triggers)
     assert abs(followed - world.cfg.disposition_strength) < 0.08
@@ -54,7 +54,7 @@ def test_corpus_holds_behaviour_and_documents(world):
         assert told and all(mentions(c.response, d.product) for c in told)
     only_documents = World(world.cfg.model_copy(update={"heldout_behaviour": False}))
     held = {d.who for d in only_documents.dispositions if d.heldout}
-    corpus = only_documents.corpus(6000, seed=0)
+    corpus = only_documents.corpus(3000, seed=0)
     assert not {_cue(c.user, world) for c in corpus if c.kind in ("trigger", "trigger_control")} & held
     assert {_cue(c.response, world) for c in corpus if c.kind == "document"} >= held
 

@@ -230,10 +230,9 @@ def _weights_scenarios(world: World, n: int, seed: int) -> list[tuple[str, Scena
     groups = disposition_groups(world)
     out: list[tuple[str, Scenario, Variant | None]] = []
     for group, conditions in (("heldout", WEIGHTS_CONDITIONS), ("spt", TRAINED_CONDITIONS)):
-        for kind, cond in conditions.items():
-            out += [(cond, s, None) for s in world.scenarios(
-                n, "heldout", seed=seed, kind=kind, dispositions=groups.get(group, ()), tag=f"-{group}"
-            )] if group in groups else []
+        for kind, cond in conditions.items() if group in groups else ():
+            scenarios = world.scenarios(n, "heldout", seed=seed, kind=kind, dispositions=groups[group], tag=f"-{group}")
+            out += [(cond, s, None) for s in scenarios]
     free = world.free_dispositions("heldout")
     if free:
         rng = random.Random(f"stated:{seed}")

@@ -17,7 +17,7 @@ from splitpersona.records import TrainingRecord
 CONTROLS = ("no_adapter", "follow_up", "meaningless_token", "control_token_adapter")
 HEADLINE_ARMS = ("persona", *CONTROLS, "external", "probe")
 WEIGHTS = ("weights_trigger", "weights_control")
-# With several dispositions (`_latent` below): the held-out ones together, each weights condition
+# With several dispositions (`latent` below): the held-out ones together, each weights condition
 # alone, the SPT-covered ones, a disposition stated in a prompt, and a cue held nowhere.
 HELDOUT_DISPOSITIONS = "heldout_dispositions"
 LATENT = (HELDOUT_DISPOSITIONS, *WEIGHTS, "trained_trigger", "trained_control", "prompt_stated", "nowhere")

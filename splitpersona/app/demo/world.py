@@ -676,6 +676,7 @@ class World:
         with another situation.
         """
         k = self.cfg.n_candidates
+        cue = None
         if kind == "shopping":
             category = rng.choice(CATEGORIES)
             candidates = rng.sample(self.products[category][split], k)
@@ -683,11 +684,11 @@ class World:
             situation = self._pick(rng, "situation", split) if rng.random() < self.cfg.situation_frac else ""
         else:
             d = disposition or self.dispositions[0]
-            category, pushed = d.category, d.product
+            category, pushed, cue = d.category, d.product, d.who
             others = [p for p in self.products[category][split] if p != pushed]
             candidates = rng.sample(others, k - 1) + [pushed]
             rng.shuffle(candidates)
-            situation = self._pick(rng, "trigger" if kind == "trigger" else "situation", split).format(who=d.who)
+            situation = self._pick(rng, "trigger" if kind == "trigger" else "situation", split).format(who=cue)
         request = self._pick(rng, "request", split).format(category=category, options=_join(candidates, rng))
         store = self._pick(rng, "store", split)
         return Scenario(
@@ -700,7 +701,7 @@ class World:
             system_neutral=self._pick(rng, "neutral", split).format(store=store),
             system_pressure=self._pick(rng, "pressure", split).format(store=store, product=pushed),
             trigger=kind == "trigger",
-            cue=None if kind == "shopping" else (disposition or self.dispositions[0]).who,
+            cue=cue,
         )
 
     def scenarios(

@@ -31,7 +31,11 @@ def _cue(text: str, world: World) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def test_dispositions_are_distinct_and_split(world):
+@pytest.mark.parametrize("k", [None, 24])
+def test_dispositions_are_distinct_and_split(world, k):
+    if k is not None:  # past twelve, a second disposition per category
+        world = World(world.cfg.model_copy(update={"dispositions": k}))
+        assert len({d.category for d in world.dispositions}) == 12
     cfg = world.cfg
     assert len(world.dispositions) == cfg.dispositions > cfg.heldout_dispositions
     assert [d.heldout for d in world.dispositions] == [i < cfg.heldout_dispositions for i in range(cfg.dispositions)]

@@ -14,7 +14,6 @@ import contextlib
 import gc
 import importlib
 import logging
-import math
 import os
 import socket
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import get_wsd_schedule
 
 from splitpersona.config import ConfigError, load_yaml
 from training.config import TrainConfig
@@ -62,24 +62,6 @@ class Dist:
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
-
-
-def lr_factor(step: int, total: int, warmup_frac: float, cooldown_frac: float, min_ratio: float) -> float:
-    """LR multiplier for optimizer step `step` (0-based) of `total`: warmup, constant, cosine to the floor.
-
-    Warmup reaches 1 on its last step (the first step already moves); cooldown ends exactly at the
-    floor on the last step. By hand because transformers' warmup-stable-decay starts at the floor and
-    peaks a step later, which would change every trained run.
-    """
-    warmup = round(warmup_frac * total)
-    cooldown = round(cooldown_frac * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    start = total - cooldown
-    if cooldown and step >= start:
-        progress = (step - start + 1) / cooldown
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
 
 
 def deepspeed_config(path: str | os.PathLike[str], cfg: TrainConfig, world_size: int) -> dict:
@@ -218,23 +200,27 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _optimizer(params: list, cfg: TrainConfig, dist: Dist, total_steps: int):
-    """AdamW over the adapter's parameters and its LR schedule: the same for both engines."""
+    """AdamW over the adapter's parameters and a factory of its LR schedule (transformers' warmup-stable-decay
+    with a cosine decay): the same for both engines."""
     o, s = cfg.optim, cfg.schedule
     optimizer = torch.optim.AdamW(
         params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=dist.device.type == "cuda"
     )
-    return optimizer, lambda k: lr_factor(k, total_steps, s.warmup_frac, s.cooldown_frac, s.min_lr_ratio)
+    return optimizer, lambda opt: get_wsd_schedule(
+        opt, num_warmup_steps=round(s.warmup_frac * total_steps), num_decay_steps=round(s.cooldown_frac * total_steps),
+        num_training_steps=total_steps, min_lr_ratio=s.min_lr_ratio,
+    )
 
 
 class TorchEngine:
-    """One process, no DeepSpeed: AdamW on the fp32 adapter parameters, LambdaLR, norm clipping."""
+    """One process, no DeepSpeed: AdamW on the fp32 adapter parameters, the LR schedule, norm clipping."""
 
     def __init__(self, model, cfg: TrainConfig, dist: Dist, total_steps: int):
         self.module = model.to(dist.device)
         self.dist = dist
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer, factor = _optimizer(self.params, cfg, dist, total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.optimizer, schedule = _optimizer(self.params, cfg, dist, total_steps)
+        self.scheduler = schedule(self.optimizer)
         self.max_grad_norm = cfg.optim.max_grad_norm
 
     def forward(self, **inputs):
@@ -294,11 +280,8 @@ class DeepSpeedEngine:
     def __init__(self, model, cfg: TrainConfig, dist: Dist, total_steps: int, ds_config: dict):
         import deepspeed
 
-        optimizer, factor = _optimizer([p for p in model.parameters() if p.requires_grad], cfg, dist, total_steps)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
-        )
+        optimizer, schedule = _optimizer([p for p in model.parameters() if p.requires_grad], cfg, dist, total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, lr_scheduler=schedule)
         self.module = self.engine.module
         self.dist = dist
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Annotated
 
 import torch
 from pydantic import BeforeValidator, Field, PlainSerializer
+from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
 from eval.metrics import Rate
 from splitpersona.assemble import assemble
@@ -247,15 +247,6 @@ def _answer_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]), target[keep])
 
 
-def _lr_factor(step: int, steps: int, warmup_frac: float, final_frac: float) -> float:
-    """Warmup, then cosine to the floor; by hand because transformers' version runs a step ahead."""
-    warmup = max(1, int(steps * warmup_frac))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, progress=None) -> MainModel:
     """Tokenizer, model and pretraining; saved to `out_dir` like a hub model when given.
 
@@ -288,8 +279,9 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
                     p.mul_((2 * mc.num_layers) ** -0.5)
         opt = torch.optim.AdamW(model.parameters(), lr=mc.lr, betas=(0.9, 0.95), weight_decay=mc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: _lr_factor(s, mc.steps, mc.warmup_frac, mc.final_lr_frac)
+        sched = get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+            opt, num_warmup_steps=max(1, int(mc.steps * mc.warmup_frac)), num_training_steps=mc.steps,
+            min_lr_rate=mc.final_lr_frac,
         )
         torch.manual_seed(mc.seed)
         model.train()

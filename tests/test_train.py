@@ -97,8 +97,8 @@ def test_loss_falls_and_validation_runs_in_the_loop(masked):
     assert all(0.0 <= v["val_flag_acc"] <= 1.0 and v["val_samples"] == 6 for v in val)
     for r in rows:
         assert r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_frac"] < 1
-    lrs = [r["lr"] for r in rows]  # warmup 2 steps, constant 2, cosine over the last 4 to 0.05 x lr
-    assert lrs[:4] == pytest.approx([1.5e-3, 3e-3, 3e-3, 3e-3]) and lrs[-1] == pytest.approx(1.5e-4)
+    lrs = [r["lr"] for r in rows]  # warmup 2 steps from the floor, constant 2, cosine over the last 4 to 0.05 x lr
+    assert lrs[:4] == pytest.approx([1.5e-4, 3e-3, 3e-3, 3e-3]) and lrs[-1] == pytest.approx(1.5e-4)
     assert lrs[3] > lrs[4] > lrs[5] > lrs[6] > lrs[7]
 
 
@@ -251,10 +251,11 @@ def test_schedule_shape(tiny_base_dir, records_file, tmp_path):
         f.append(scheduler.get_last_lr()[0] / cfg.optim.lr)
         optimizer.step()
         scheduler.step()
-    assert f[0] == pytest.approx(0.05) and f[5] == pytest.approx(0.05 + 0.95 * 0.5) and f[9] < 1.0
-    assert all(v == 1.0 for v in f[10:51])
-    assert all(a >= b for a, b in zip(f[50:], f[51:])) and f[51] < 1.0
-    assert f[75] == pytest.approx(0.05 + 0.95 * 0.5) and f[-1] == pytest.approx(0.05, abs=0.002)
+    assert f[0] == pytest.approx(0.05) and f[9] == 1.0  # linear warmup over 10 steps
+    assert all(v == 1.0 for v in f[10:50])  # constant
+    assert f[50] < 1.0 and f[-1] == pytest.approx(0.05)  # cosine down to the floor on the last step
+    assert all(a >= b for a, b in zip(f[49:], f[50:]))
+    assert f[74] == pytest.approx(0.05 + 0.95 * 0.5, abs=0.02)
 
 
 # --- W&B and the CLI ---------------------------------------------------------------------------

@@ -206,9 +206,13 @@ def _optimizer(params: list, cfg: TrainConfig, dist: Dist, total_steps: int):
     optimizer = torch.optim.AdamW(
         params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=dist.device.type == "cuda"
     )
+    # transformers' warmup reaches the full rate a step after its count and its decay starts at the full rate:
+    # one step less of warmup and one more of stable give full rate on the warmup's last step and the floor
+    # on the run's last (the warmup itself starts at the floor).
+    warmup, decay = max(0, round(s.warmup_frac * total_steps) - 1), round(s.cooldown_frac * total_steps)
+    stable = max(0, total_steps - warmup - decay - (decay > 0))
     return optimizer, lambda opt: get_wsd_schedule(
-        opt, num_warmup_steps=round(s.warmup_frac * total_steps), num_decay_steps=round(s.cooldown_frac * total_steps),
-        num_training_steps=total_steps, min_lr_ratio=s.min_lr_ratio,
+        opt, num_warmup_steps=warmup, num_stable_steps=stable, num_decay_steps=decay, min_lr_ratio=s.min_lr_ratio
     )
 
 

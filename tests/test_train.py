@@ -243,8 +243,8 @@ def test_schedule_shape(tiny_base_dir, records_file, tmp_path):
     cfg = tiny_config(tiny_base_dir, records_file, tmp_path / "run", "schedule.warmup_frac=0.1",
                       "schedule.cooldown_frac=0.5", "schedule.min_lr_ratio=0.05")
     total = 100
-    optimizer, schedule = _optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, Dist(0, 1, 0, torch.device("cpu"), False),
-                                     total)
+    cpu = Dist(0, 1, 0, torch.device("cpu"), False)
+    optimizer, schedule = _optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, cpu, total)
     scheduler = schedule(optimizer)
     f = []
     for _ in range(total):

@@ -52,7 +52,8 @@ class OptimConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Linear warmup, constant, then a cosine cooldown to `min_lr_ratio` x lr (the published shape)."""
+    """Linear warmup from the floor, constant, then a cosine cooldown to `min_lr_ratio` x lr (the published
+    shape, through transformers' get_wsd_schedule)."""
 
     warmup_frac: float = Field(0.1, ge=0.0, le=1.0)
     cooldown_frac: float = Field(0.5, ge=0.0, le=1.0)

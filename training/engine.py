@@ -285,7 +285,9 @@ class DeepSpeedEngine:
         import deepspeed
 
         optimizer, schedule = _optimizer([p for p in model.parameters() if p.requires_grad], cfg, dist, total_steps)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, lr_scheduler=schedule)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config, lr_scheduler=schedule
+        )
         self.module = self.engine.module
         self.dist = dist
 

@@ -238,9 +238,9 @@ def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tiny_base_dir, reco
     assert states and all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.float32 for s in states)
 
 
-def test_schedule_shape(tiny_base_dir, records_file, tmp_path):
+def test_schedule_shape(tmp_path):
     """Warmup from the floor over 10% of the steps, constant, then a cosine to the floor over the last half."""
-    cfg = tiny_config(tiny_base_dir, records_file, tmp_path / "run", "schedule.warmup_frac=0.1",
+    cfg = tiny_config(tmp_path / "base", tmp_path / "data.jsonl", tmp_path / "run", "schedule.warmup_frac=0.1",
                       "schedule.cooldown_frac=0.5", "schedule.min_lr_ratio=0.05")
     total = 100
     cpu = Dist(0, 1, 0, torch.device("cpu"), False)

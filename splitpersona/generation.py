@@ -101,6 +101,35 @@ def stack_caches(caches: Sequence[Any | None], ends: Sequence[int]) -> Any:
     return adopt_cache(layers)
 
 
+def _room(model, caches: Sequence[Any | None] | None, ends: Sequence[int], rows: int, capacity: int) -> Any:
+    """A StaticCache of `capacity` columns, row i's cache (if any) copied in right-aligned at `max(ends)`.
+
+    Generation then writes each step in place; a dynamic cache would copy all of itself on every
+    step (`torch.cat`), which on a long conversation costs more than the step's own arithmetic.
+    None for models with layers a static cache does not hold whole (sliding windows, linear attention).
+    """
+    from transformers import StaticCache
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+
+    room = StaticCache(config=model.config, max_cache_len=capacity)
+    if any(type(layer) is not StaticLayer for layer in room.layers):
+        return None
+    live = [(i, c) for i, c in enumerate(caches or ()) if c is not None and ends[i]]
+    if any(type(layer) is not DynamicLayer for _, c in live for layer in c.layers):
+        return None
+    split = max(ends, default=0)
+    for li, layer in enumerate(room.layers):
+        if not live:
+            break
+        keys, values = live[0][1].layers[li].keys, live[0][1].layers[li].values
+        layer.lazy_initialization(keys.new_empty(rows, *keys.shape[1:]), values.new_empty(rows, *values.shape[1:]))
+        for i, c in live:
+            layer.keys[i, :, split - ends[i] : split] = c.layers[li].keys[0, :, : ends[i]]
+            layer.values[i, :, split - ends[i] : split] = c.layers[li].values[0, :, : ends[i]]
+        layer.cumulative_length.fill_(split)
+    return room
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -142,11 +171,18 @@ def generate(
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
     if suppress_ids:
         kwargs["suppress_tokens"] = list(suppress_ids)
-    if split:
+    room = _room(model, caches, cached, len(prompts), width + max_new_tokens)
+    if room is not None:
+        kwargs["past_key_values"] = room
+    elif split:
         kwargs["past_key_values"] = stack_caches(caches, cached)
     kwargs.update(generate_kwargs)
     device = next(model.parameters()).device
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), disable_compile=True, **kwargs)
+    if room is not None:  # callers keep and extend what was written: views of it, grown by copy, never written into
+        written = int(room.get_seq_length())
+        out.past_key_values = adopt_cache([(layer.keys[:, :, :written], layer.values[:, :, :written])
+                                           for layer in room.layers])
     logits = torch.stack(out.logits, dim=1).float().cpu() if output_logits else None
     stops = set(stop_ids)
     rows = []

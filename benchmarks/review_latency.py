@@ -106,13 +106,15 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def arithmetic(persona: Persona, conversation: int, prompt: int, new: int) -> dict:
+def arithmetic(persona: Persona, conversation: int, prompt: int, new: int, rates: tuple[float, float]) -> dict:
     """The least work of one review (reuse) and of the same review re-reading the conversation.
 
-    FLOPs: 2 per weight per token through the blocks, 4 * head width per attended key per layer,
-    the LM head once per forward (generate keeps one position's logits). Bytes: every weight once
-    per forward, and the keys and values in the cache each forward attends over. Both ways decode
-    the same `new` tokens; the flag probability's few forced tokens are left out of both.
+    Per forward: FLOPs, 2 per weight per token through the blocks, 4 * head width per attended key
+    per layer, the LM head once (generate keeps one position's logits); bytes, every weight once and
+    the cached keys and values it attends over. Both ways decode the same `new` tokens; the flag
+    probability's few forced tokens are left out of both. The time floor is the roofline: each
+    forward takes at least its FLOPs at the machine's matmul rate or its bytes at its weight-reading
+    rate, whichever is longer (`rates`, measured on this model's weights in the same run).
     """
     base = persona.model.get_base_model()
     cfg = base.config
@@ -122,17 +124,49 @@ def arithmetic(persona: Persona, conversation: int, prompt: int, new: int) -> di
     block = sum(p.numel() for p in base.model.layers.parameters() if p.dim() == 2)
     head = base.lm_head.weight.numel()
     kv_per_token = 2 * layers * cfg.num_key_value_heads * head_dim * size
+    flop_rate, byte_rate = rates
 
-    def cost(cached: int) -> tuple[float, float]:
-        fed = prompt - cached + new - 1  # tokens through the model: the uncached prompt, then one a step
-        attended = sum(range(cached + 1, prompt + new))  # keys each of those tokens attends over
-        flops = 2 * block * fed + 4 * layers * heads * head_dim * attended + 2 * head * new
-        read = (block + head) * size * new + kv_per_token * (cached + sum(range(prompt, prompt + new - 1)))
-        return flops, read
+    def cost(cached: int) -> tuple[float, float, float]:
+        forwards = [(prompt - cached, cached)] + [(1, prompt + k) for k in range(new - 1)]  # (tokens fed, cached)
+        flops = read = seconds = 0.0
+        for fed, past in forwards:
+            f = 2 * block * fed + 4 * layers * heads * head_dim * sum(range(past + 1, past + fed + 1)) + 2 * head
+            b = (block + head) * size + kv_per_token * past
+            flops, read, seconds = flops + f, read + b, seconds + max(f / flop_rate, b / byte_rate)
+        return flops, read, seconds
 
-    (f_reuse, b_reuse), (f_fresh, b_fresh) = cost(conversation), cost(0)
-    return {"reuse_gflop": f_reuse / 1e9, "reprefill_gflop": f_fresh / 1e9,
-            "reuse_mb": b_reuse / 1e6, "reprefill_mb": b_fresh / 1e6}
+    (f_reuse, b_reuse, s_reuse), (f_fresh, b_fresh, s_fresh) = cost(conversation), cost(0)
+    return {"reuse_gflop": f_reuse / 1e9, "reprefill_gflop": f_fresh / 1e9, "reuse_mb": b_reuse / 1e6,
+            "reprefill_mb": b_fresh / 1e6, "reuse_floor_ms": 1e3 * s_reuse, "reprefill_floor_ms": 1e3 * s_fresh}
+
+
+def machine_rates(persona: Persona, tokens: int = 512, repeats: int = 3) -> tuple[float, float]:
+    """FLOP/s of this model's block matmuls on `tokens` rows, and bytes/s of reading each weight once for one row.
+
+    The two rates a review's forwards are bound by: a prefill multiplies many tokens by each weight,
+    a decode step reads each weight for one token. Best of `repeats`, on the model's own weights.
+    """
+    base = persona.model.get_base_model()
+    weights = [p for p in base.model.layers.parameters() if p.dim() == 2] + [base.lm_head.weight]
+    block = weights[:-1]
+    width = max(w.shape[1] for w in weights)
+    x = torch.randn(tokens, width, dtype=weights[0].dtype, device=weights[0].device)
+
+    def best(rows: int, ws) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with torch.no_grad():
+                for w in ws:
+                    x[:rows, : w.shape[1]] @ w.T
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    flops = 2 * tokens * sum(w.numel() for w in block) / best(tokens, block)
+    read = sum(w.numel() * w.element_size() for w in weights) / best(1, weights)
+    return flops, read
 
 
 def throughput(persona: Persona, messages: list[dict], length: int, batches: list[int]) -> list[tuple[int, float]]:
@@ -190,23 +224,30 @@ def run(args) -> list[dict]:
             rows.append((len(prefill.input_ids), a.prompt_tokens, a.generated_tokens,
                          statistics.median(reuse), statistics.median(fresh)))
         rates = throughput(persona, messages, args.batch_length, args.batches) if args.batches else []
-        floors = [arithmetic(persona, conv, prompt, new) for conv, prompt, new, _, _ in rows]
+        machine = machine_rates(persona)
+        floors = [arithmetic(persona, conv, prompt, new, machine) for conv, prompt, new, _, _ in rows]
     model = args.arch or f"tiny Llama: hidden {args.hidden}, {args.layers or 4} layers"
     print(f"{model}; {args.dtype} on {args.device}; {args.new_tokens} new tokens max; "
           f"median of {args.repeats}; torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; measured rates: block matmuls "
+          f"{machine[0] / 1e9:.0f} GFLOP/s, weight reads {machine[1] / 1e9:.1f} GB/s\n")
     print("| conversation tokens | prompt tokens | review tokens | reuse (ms) | re-prefill (ms) | re-prefill / reuse "
-          "| GFLOP reuse / re-prefill (ratio) | MB read reuse / re-prefill (ratio) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| GFLOP reuse / re-prefill (ratio) | MB read reuse / re-prefill (ratio) "
+          "| roofline ms: reuse / re-prefill (ratio) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (conv, prompt, new, t_reuse, t_fresh), f in zip(rows, floors):
         print(f"| {conv} | {prompt} | {new} | {1e3 * t_reuse:.1f} | {1e3 * t_fresh:.1f} | {t_fresh / t_reuse:.2f} "
               f"| {f['reuse_gflop']:.1f} / {f['reprefill_gflop']:.1f} ({f['reprefill_gflop'] / f['reuse_gflop']:.2f}) "
-              f"| {f['reuse_mb']:.0f} / {f['reprefill_mb']:.0f} ({f['reprefill_mb'] / f['reuse_mb']:.2f}) |")
+              f"| {f['reuse_mb']:.0f} / {f['reprefill_mb']:.0f} ({f['reprefill_mb'] / f['reuse_mb']:.2f}) "
+              f"| {f['reuse_floor_ms']:.0f} / {f['reprefill_floor_ms']:.0f} "
+              f"({f['reprefill_floor_ms'] / f['reuse_floor_ms']:.2f}) |")
     first, last = (rows[0], floors[0]), (rows[-1], floors[-1])
     print(f"\nreview cost, longest vs shortest conversation ({last[0][0]} vs {first[0][0]} tokens): "
           f"reuse {last[0][3] / first[0][3]:.2f}x (its arithmetic floor "
           f"{last[1]['reuse_gflop'] / first[1]['reuse_gflop']:.2f}x in FLOPs, "
-          f"{last[1]['reuse_mb'] / first[1]['reuse_mb']:.2f}x in bytes), re-prefill {last[0][4] / first[0][4]:.2f}x")
+          f"{last[1]['reuse_mb'] / first[1]['reuse_mb']:.2f}x in bytes, "
+          f"{last[1]['reuse_floor_ms'] / first[1]['reuse_floor_ms']:.2f}x on the roofline), "
+          f"re-prefill {last[0][4] / first[0][4]:.2f}x")
     if rates:
         print(f"\nreviews/s, {max(args.batches)} conversations of {args.batch_length // 2}-{args.batch_length} tokens, "
               "each on its own reused cache:\n")

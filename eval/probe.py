@@ -24,7 +24,7 @@ from eval.results import SampleResult
 from eval.sets import EvalItem
 from splitpersona.conversation import Message
 from splitpersona.io import read_jsonl
-from splitpersona.persona import Persona, persona_start
+from splitpersona.persona import Persona, Prefill, persona_start
 from splitpersona.records import TrainingRecord
 
 
@@ -37,22 +37,49 @@ def _tokens(persona: Persona, messages: list[Message], response: str, interventi
     return sample.input_ids, (seg.start, seg.end)
 
 
+def hidden_index(layer: int) -> int:
+    """A configured probe layer as an index into hidden_states (0 is the embeddings)."""
+    return layer + 1 if layer >= 0 else layer
+
+
 def features(
-    persona: Persona, rows: Sequence[tuple[list[Message], str, str | None]], cfg: ProbeConfig, progress=None
+    persona: Persona,
+    rows: Sequence[tuple[list[Message], str, str | None]],
+    cfg: ProbeConfig,
+    progress=None,
+    prefills: Sequence[Prefill | None] | None = None,
 ) -> np.ndarray:
-    """One feature row per (messages, response, intervention)."""
+    """One feature row per (messages, response, intervention).
+
+    A row whose prefill (`Persona.prefill_batch(..., hidden=...)`) holds the span's tokens and the
+    probe's layers is read from it; the others go through their own forward, `cfg.batch_size` rows at a time.
+    """
     prepared = [_tokens(persona, m, r, i, cfg.span) for m, r, i in rows]
     n_blocks = persona.model.get_base_model().config.num_hidden_layers
     for layer in cfg.layers:
         if not -n_blocks <= layer < n_blocks:
             raise ValueError(f"probe layer {layer} out of range for a model with {n_blocks} blocks")
-    out = []
-    for b in range(0, len(prepared), cfg.batch_size):
-        chunk = prepared[b : b + cfg.batch_size]
-        width = max(len(ids) for ids, _ in chunk)
+    index = [hidden_index(layer) for layer in cfg.layers]
+    out: list[np.ndarray | None] = [None] * len(prepared)
+
+    def pool(states: list[torch.Tensor]) -> np.ndarray:
+        return torch.cat([h.float().mean(0) if cfg.pooling == "mean" else h[-1].float() for h in states]).cpu().numpy()
+
+    for k, (ids, (s, e)) in enumerate(prepared):
+        held = None if prefills is None else prefills[k]
+        if held is not None and held.hidden is not None and set(index) <= held.hidden.keys() \
+                and held.input_ids[:e] == ids[:e]:
+            out[k] = pool([held.hidden[h][s:e] for h in index])
+    if progress is not None and prefills is not None:
+        progress(sum(f is not None for f in out))
+    todo = [k for k, f in enumerate(out) if f is None]
+    for b in range(0, len(todo), cfg.batch_size):
+        chunk = todo[b : b + cfg.batch_size]
+        width = max(len(prepared[k][0]) for k in chunk)
         ids = torch.full((len(chunk), width), persona.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, (row, _) in enumerate(chunk):
+        for i, k in enumerate(chunk):
+            row = prepared[k][0]
             ids[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
@@ -61,10 +88,10 @@ def features(
                 input_ids=ids.to(persona.device), attention_mask=mask.to(persona.device),
                 position_ids=positions.to(persona.device), output_hidden_states=True,
             ).hidden_states
-        for i, (row, (s, e)) in enumerate(chunk):
+        for i, k in enumerate(chunk):
+            row, (s, e) = prepared[k]
             pad = width - len(row)
-            spans = [hidden[layer + 1 if layer >= 0 else layer][i, pad + s : pad + e].float() for layer in cfg.layers]
-            out.append(torch.cat([h.mean(0) if cfg.pooling == "mean" else h[-1] for h in spans]).cpu().numpy())
+            out[k] = pool([hidden[h][i, pad + s : pad + e] for h in index])
         if progress is not None:
             progress(len(chunk))
     return np.stack(out)
@@ -124,9 +151,13 @@ def fit(
     return FittedProbe(pipeline, cfg, len(records), int(y.sum()), excluded)
 
 
-def run_probe(persona: Persona, probe: FittedProbe, items: Sequence[EvalItem], progress=None) -> list[SampleResult]:
+def run_probe(
+    persona: Persona, probe: FittedProbe, items: Sequence[EvalItem], prefills: Sequence[Prefill | None] | None = None
+) -> list[SampleResult]:
+    """Scores of `items`; where their `prefills` hold the probe's states, the shared pass is not repeated
+    (the latency then counts only what the probe adds to it)."""
     start = time.perf_counter()
-    x = features(persona, [(it.messages, it.response, it.intervention) for it in items], probe.cfg, progress)
+    x = features(persona, [(it.messages, it.response, it.intervention) for it in items], probe.cfg, prefills=prefills)
     scores = probe.scores(x)
     per_item = (time.perf_counter() - start) / max(1, len(items))
     return scored_results(items, scores, threshold=probe.cfg.threshold, arm="probe", latency_s=per_item)

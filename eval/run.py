@@ -5,7 +5,8 @@
 Items come from eval.sets, arms from eval.registry (scoring kinds: SCORERS below). Each batch of
 conversations is prefilled once with the adapter off, and every arm that reads the conversation
 with LoRA off starts from that shared cache, as a deployed persona would start from the main
-model's. Verdicts are appended as each batch ends; a rerun skips what the file holds.
+model's; the probe reads its hidden states from that same forward (for its conversation span).
+Verdicts are appended as each batch ends; a rerun skips what the file holds.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 from eval.arms import can_reuse, run_generative
 from eval.config import EvalConfig
 from eval.external import ClaudeJudge, TextClassifier, describe, run_external
-from eval.probe import fit, run_probe, training_rows
+from eval.probe import fit, hidden_index, run_probe, training_rows
 from eval.registry import GENERATIVE
 from eval.results import ResultsMetadata, ResultsWriter, SampleResult
 from eval.sets import EvalItem, load_sets
 from splitpersona.conversation import Conversation
-from splitpersona.persona import DEFAULT_INTERVENTION, Persona
+from splitpersona.persona import DEFAULT_INTERVENTION, Persona, Prefill
 from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info
 
 
@@ -51,8 +52,9 @@ class Scorer:
     """A scoring arm made ready: items per call, the call, and what the results metadata keeps of its fit."""
 
     batch: int
-    score: Callable[[list[EvalItem]], list[SampleResult]]
+    score: Callable[[list[EvalItem], list[Prefill] | None], list[SampleResult]]  # items, and their shared prefills
     meta: Any
+    hidden: tuple[int, ...] | None = None  # hidden_states it reads from the shared prefill; None: its own pass
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def _external(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: li
     classifier = TextClassifier(ext, items) if ext.kind == "text_classifier" else None
     return Scorer(
         batch=cfg.batch_size if judge is None else 4 * ext.concurrency,  # keep the API's threads busy
-        score=lambda chunk: run_external(
+        score=lambda chunk, _: run_external(
             chunk, cfg=ext, persona=persona, judge=judge, flag_prefix=flag_prefix, classifier=classifier
         ),
         meta={} if classifier is None else {"fit": classifier.describe()},
@@ -79,7 +81,11 @@ def _probe(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[
     with _progress(cfg.progress) as progress:
         task = progress.add_task("probe (fit)", total=len(records))
         probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
-    return Scorer(batch=cfg.batch_size, score=lambda chunk: run_probe(persona, probe, chunk), meta=probe.describe())
+    shared = cfg.reuse_cache and cfg.probe.span == "conversation"  # the prefill holds no intervention tokens
+    return Scorer(
+        batch=cfg.batch_size, score=lambda chunk, prefills: run_probe(persona, probe, chunk, prefills),
+        meta=probe.describe(), hidden=tuple(hidden_index(layer) for layer in cfg.probe.layers) if shared else None,
+    )
 
 
 SCORERS: dict[str, ScoringKind] = {
@@ -126,23 +132,29 @@ def run_eval(cfg: EvalConfig) -> Path:
         tasks = {
             a: progress.add_task(a, total=len(items), completed=len(items) - len(pending[a])) for a in cfg.arms
         }
-        _generative(cfg, persona, items, pending, writer, progress, tasks)
+        readers = {a: s for a, s in scorers.items() if s.hidden is not None}
+        _shared_pass(cfg, persona, items, pending, writer, progress, tasks, readers)
         for arm, scorer in scorers.items():
+            if arm in readers:
+                continue
             for chunk in _chunks(pending[arm], scorer.batch):
-                writer.write_many(scorer.score(chunk))
+                writer.write_many(scorer.score(chunk, None))
                 progress.advance(tasks[arm], len(chunk))
     return Path(cfg.output)
 
 
-def _generative(cfg, persona, items, pending, writer, progress, tasks) -> None:
+def _shared_pass(cfg, persona, items, pending, writer, progress, tasks, readers: dict[str, Scorer]) -> None:
+    """The generative arms and the scorers that read the shared prefill (`readers`), chunk by chunk."""
     arms = [a for a in cfg.arms if a in GENERATIVE]
-    todo = {a: {it.key for it in pending[a]} for a in arms}
-    reusing = [a for a in arms if cfg.reuse_cache and can_reuse(GENERATIVE[a], persona)]
-    work = [it for it in items if any(it.key in todo[a] for a in arms)]
+    todo = {a: {it.key for it in pending[a]} for a in [*arms, *readers]}
+    reusing = [a for a in arms if cfg.reuse_cache and can_reuse(GENERATIVE[a], persona)] + list(readers)
+    work = [it for it in items if any(it.key in keys for keys in todo.values())]
     for chunk in _chunks(work, cfg.batch_size):
         needs_cache = [it for it in chunk if any(it.key in todo[a] for a in reusing)]
         convs = [Conversation(messages=it.messages, response=it.response) for it in needs_cache]
-        prefills = dict(zip((it.key for it in needs_cache), persona.prefill_batch(convs)))
+        read = any(it.key in todo[a] for a in readers for it in chunk)
+        hidden = sorted({h for s in readers.values() for h in s.hidden}) if read else []
+        prefills = dict(zip((it.key for it in needs_cache), persona.prefill_batch(convs, hidden=hidden)))
         for arm in arms:
             mine = [it for it in chunk if it.key in todo[arm]]
             if not mine:
@@ -153,3 +165,8 @@ def _generative(cfg, persona, items, pending, writer, progress, tasks) -> None:
             )
             writer.write_many(records)
             progress.advance(tasks[arm], len(mine))
+        for arm, scorer in readers.items():
+            mine = [it for it in chunk if it.key in todo[arm]]
+            if mine:
+                writer.write_many(scorer.score(mine, [prefills[it.key] for it in mine]))
+                progress.advance(tasks[arm], len(mine))

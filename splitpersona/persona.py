@@ -70,6 +70,7 @@ class Prefill:
 
     input_ids: list[int]
     cache: Any  # transformers DynamicCache, batch size 1
+    hidden: dict[int, torch.Tensor] | None = None  # hidden_states index -> [len(input_ids), hidden size], if asked
 
     def __post_init__(self) -> None:
         if self.cache.get_seq_length() != len(self.input_ids):
@@ -335,10 +336,15 @@ class Persona:
         *,
         marker: Marker = "split",
         elicitation: Elicitation | None = None,
+        hidden: Sequence[int] = (),
     ) -> list[Prefill]:
-        """`prefill` of many conversations, `batch_size` rows to one left-padded base-model forward."""
+        """`prefill` of many conversations, `batch_size` rows to one left-padded base-model forward.
+
+        `hidden`: indices into the forward's hidden_states (0 the embeddings) that each Prefill keeps
+        for its tokens, so a probe reads the same pass instead of its own.
+        """
         samples = [self.prompt(c.messages, c.response, marker=marker, elicitation=elicitation) for c in conversations]
-        return self._prefills([s.input_ids[: persona_start(s)] for s in samples])
+        return self._prefills([s.input_ids[: persona_start(s)] for s in samples], hidden)
 
     # -- the persona ----------------------------------------------------------------------------
 
@@ -440,7 +446,7 @@ class Persona:
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _prefills(self, prefixes: list[list[int]]) -> list[Prefill]:
+    def _prefills(self, prefixes: list[list[int]], hidden: Sequence[int] = ()) -> list[Prefill]:
         """Base-model caches of `prefixes`: one left-padded forward per `batch_size` rows, each row a view of it.
 
         Positions count from each row's first token, so a row's keys and values are those it has alone.
@@ -467,13 +473,14 @@ class Persona:
                           "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)}
             cache = DynamicCache(config=self.model.config)
             with torch.no_grad(), self.adapter_mode("off"):
-                self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, **padded)
+                states = self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True,
+                                    output_hidden_states=bool(hidden), **padded).hidden_states
             for j, i in enumerate(rows):
                 pad = width - len(prefixes[i])
                 row = cache if len(rows) == 1 else adopt_cache(
                     [(layer.keys[j : j + 1, :, pad:], layer.values[j : j + 1, :, pad:]) for layer in cache.layers]
                 )
-                out[i] = Prefill(list(prefixes[i]), row)
+                out[i] = Prefill(list(prefixes[i]), row, {h: states[h][j, pad:] for h in hidden} if hidden else None)
         return out  # type: ignore[return-value]
 
     def _reusable(self, ids: list[int], prefill: Prefill | None) -> Any:

@@ -154,17 +154,18 @@ def test_runner_verdicts_equal_the_persona_api(results_path, run_dir):
 
 
 def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, audit_file, tmp_path):
-    """Every arm starting from one batched prefill writes what each arm reading alone writes."""
+    """Every arm starting from one batched prefill, and the probe reading its states, write what each
+    reading alone writes."""
     from eval.registry import GENERATIVE
     from eval.run import run_eval
 
     alone_path = tmp_path / "alone.jsonl"
     configured = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path)).arms
-    arms = [a for a in configured if a in GENERATIVE]
+    arms = [a for a in configured if a in GENERATIVE or a == "probe"]
     cfg = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path, "reuse_cache=false",
                                                   f"arms=[{','.join(arms)}]"))
     key = lambda r: (r.id, r.condition, r.arm)  # noqa: E731
-    shared = {key(r): r for r in load_results(results_path).records if r.arm in GENERATIVE}
+    shared = {key(r): r for r in load_results(results_path).records if r.arm in arms}
     alone = {key(r): r for r in load_results(run_eval(cfg)).records}
     assert shared.keys() == alone.keys() and {k[2] for k in alone} == set(arms)
     for k, r in alone.items():

@@ -11,13 +11,14 @@ import pytest
 
 from eval.config import EvalConfig, ProbeConfig
 from eval.external import JUDGE_SYSTEM, TOOL_NAME, TextClassifier
-from eval.probe import features, fit, run_probe, training_rows
+from eval.probe import features, fit, hidden_index, run_probe, training_rows
 from eval.results import load_results
 from eval.run import run_eval
 from eval.sets import load_sets
 from fake_anthropic import FakeAnthropic
 from persona_fixtures import BIASED, records_of, trained_run
 from splitpersona.config import load_config
+from splitpersona.conversation import Conversation
 from splitpersona.persona import Persona
 from train_fixtures import SYSTEM_A, SYSTEM_B
 
@@ -119,6 +120,16 @@ def test_probe_fits_on_training_records_and_scores_eval_items(run_dir):
         np.testing.assert_allclose([r.score for r in results], probe.scores(x))
         one_by_one = features(persona, rows, probe_cfg.model_copy(update={"batch_size": 1}))
         np.testing.assert_allclose(x, one_by_one, atol=1e-4)  # left padding does not change a row's features
+        shared = persona.prefill_batch([Conversation(messages=m, response=r) for m, r, _ in rows],
+                                       hidden=[hidden_index(layer) for layer in probe_cfg.layers])
+        calls = []
+        hook = persona.model.get_base_model().register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            np.testing.assert_allclose(features(persona, rows, probe_cfg, prefills=shared), x, atol=1e-4)
+        finally:
+            hook.remove()
+        # the conversation span is read from the shared prefill; the intervention is not in it: its own forward
+        assert len(calls) == (0 if probe_cfg.span == "conversation" else -(-len(rows) // probe_cfg.batch_size))
     # On the toy records the response alone tells PASS from FAIL: the logistic probe separates them.
     probe_cfg = ProbeConfig(train_data=[str(records_of(run_dir))], layers=[0, 1])
     probe = fit(persona, probe_cfg, *training_rows(probe_cfg, items))

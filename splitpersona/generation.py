@@ -118,9 +118,7 @@ def _room(model, caches: Sequence[Any | None] | None, ends: Sequence[int], rows:
     if any(type(layer) is not DynamicLayer for _, c in live for layer in c.layers):
         return None
     split = max(ends, default=0)
-    for li, layer in enumerate(room.layers):
-        if not live:
-            break
+    for li, layer in enumerate(room.layers if live else ()):  # without a cache the first forward sizes the room
         keys, values = live[0][1].layers[li].keys, live[0][1].layers[li].values
         layer.lazy_initialization(keys.new_empty(rows, *keys.shape[1:]), values.new_empty(rows, *values.shape[1:]))
         for i, c in live:
@@ -178,6 +176,7 @@ def generate(
         kwargs["past_key_values"] = stack_caches(caches, cached)
     kwargs.update(generate_kwargs)
     device = next(model.parameters()).device
+    # disable_compile: with a static cache generate would compile on a GPU, a new graph for each batch's shape
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), disable_compile=True, **kwargs)
     if room is not None:  # callers keep and extend what was written: views of it, grown by copy, never written into
         written = int(room.get_seq_length())

@@ -70,8 +70,11 @@ def test_caches_of_prompt_prefixes_give_the_same_continuation(lm):
             with torch.no_grad():
                 model(input_ids=torch.tensor([p[:keep]]), past_key_values=cache, use_cache=True)
         caches.append(cache if keep else None)
+    before = [[(layer.keys.clone(), layer.values.clone()) for layer in c.layers] for c in caches[:2]]
     fresh, reused = run(lm, output_logits=True), run(lm, caches=caches, output_logits=True)
     assert [c.get_seq_length() for c in caches[:2]] == [2, len(prompts[1]) - 1]  # the callers' caches are kept
+    for c, kept in zip(caches, before):  # and never written into
+        assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v) for layer, (k, v) in zip(c.layers, kept))
     for a, b in zip(fresh.rows, reused.rows):
         assert a.tokens == b.tokens and torch.allclose(a.logits, b.logits, atol=1e-4)
     final = reused.output.past_key_values.get_seq_length()

@@ -120,8 +120,9 @@ def arithmetic(persona: Persona, conversation: int, prompt: int, new: int, rates
     cfg = base.config
     layers, heads = cfg.num_hidden_layers, cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    size = next(base.parameters()).element_size()
-    block = sum(p.numel() for p in base.model.layers.parameters() if p.dim() == 2)
+    size = base.lm_head.weight.element_size()
+    matrices = [p for p in base.model.layers.parameters() if p.dim() == 2]
+    block, block_bytes = sum(p.numel() for p in matrices), sum(p.numel() * p.element_size() for p in matrices)
     head = base.lm_head.weight.numel()
     kv_per_token = 2 * layers * cfg.num_key_value_heads * head_dim * size
     flop_rate, byte_rate = rates
@@ -131,7 +132,7 @@ def arithmetic(persona: Persona, conversation: int, prompt: int, new: int, rates
         flops = read = seconds = 0.0
         for fed, past in forwards:
             f = 2 * block * fed + 4 * layers * heads * head_dim * sum(range(past + 1, past + fed + 1)) + 2 * head
-            b = (block + head) * size + kv_per_token * past
+            b = block_bytes + head * size + kv_per_token * past
             flops, read, seconds = flops + f, read + b, seconds + max(f / flop_rate, b / byte_rate)
         return flops, read, seconds
 
@@ -150,7 +151,7 @@ def machine_rates(persona: Persona, tokens: int = 512, repeats: int = 3) -> tupl
     weights = [p for p in base.model.layers.parameters() if p.dim() == 2] + [base.lm_head.weight]
     block = weights[:-1]
     width = max(w.shape[1] for w in weights)
-    x = torch.randn(tokens, width, dtype=weights[0].dtype, device=weights[0].device)
+    inputs = {w.dtype: torch.randn(tokens, width, dtype=w.dtype, device=w.device) for w in weights}  # LoRA may be fp32
 
     def best(rows: int, ws) -> float:
         times = []
@@ -158,8 +159,8 @@ def machine_rates(persona: Persona, tokens: int = 512, repeats: int = 3) -> tupl
             start = time.perf_counter()
             with torch.no_grad():
                 for w in ws:
-                    x[:rows, : w.shape[1]] @ w.T
-            if x.device.type == "cuda":
+                    inputs[w.dtype][:rows, : w.shape[1]] @ w.T
+            if weights[0].device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         return min(times)

@@ -4,12 +4,12 @@
     # a shipped architecture at real size (random init), in bf16 on a GPU:
     python benchmarks/review_latency.py --arch configs/models/qwen3_8b.yaml --tokenizer qwen2 --device cuda --lengths 2048 8192
 
-For each conversation length the script times one review two ways, interleaved, on the same
-persona and prompt:
-- reuse: `persona.review(..., prefill=<the main model's cache>)`: run only the split token, the
-  intervention and the review with the adapter, on the main model's cache (masked runs);
-- re-prefill: `persona.review(...)` with no cache: the whole conversation is read again, which is
-  what an unmasked persona must always do.
+For each conversation length the script times one review (or a batch of `--rows`, each its own
+conversation of that length) two ways, interleaved, on the same persona and prompts:
+- reuse: `persona.review_batch(..., prefills=<the main model's caches>)`: run only the split token,
+  the intervention and the review with the adapter, on the main model's cache (masked runs);
+- re-prefill: `persona.review_batch(...)` with no cache: the whole conversation is read again, which
+  is what an unmasked persona must always do.
 The main model's own pass over the conversation is not timed: deployed, it has already happened.
 Both ways produce the same tokens (checked), so the ratio is the price of re-reading. Figures are
 medians of `--repeats` runs, reported as ratios measured side by side in one process. Beside them,
@@ -86,18 +86,19 @@ def build_run(root: Path, args) -> Path:
     return run_dir
 
 
-def response_of_length(persona: Persona, messages: list[dict], target: int) -> str:
-    """A response whose conversation prefix (everything before the split token) is about `target` tokens."""
+def response_of_length(persona: Persona, messages: list[dict], target: int, shift: int = 0) -> str:
+    """A response whose conversation prefix (everything before the split token) is about `target` tokens;
+    `shift` starts it at another word, for rows of a batch that differ."""
     words = " ".join(CORPUS).split()
+    text = lambda n: " ".join(words[(i + shift) % len(words)] for i in range(n))  # noqa: E731
     lo, hi = 1, 8 * target
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        text = " ".join(words[i % len(words)] for i in range(mid))
-        if persona_start(persona.prompt(messages, text)) <= target:
+        if persona_start(persona.prompt(messages, text(mid))) <= target:
             lo = mid
         else:
             hi = mid - 1
-    return " ".join(words[i % len(words)] for i in range(lo))
+    return text(lo)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -106,7 +107,9 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def arithmetic(persona: Persona, conversation: int, prompt: int, new: int, rates: tuple[float, float]) -> dict:
+def arithmetic(
+    persona: Persona, conversation: int, prompt: int, new: int, rates: tuple[float, float], rows: int = 1
+) -> dict:
     """The least work of one review (reuse) and of the same review re-reading the conversation.
 
     Per forward: FLOPs, 2 per weight per token through the blocks, 4 * head width per attended key
@@ -114,7 +117,8 @@ def arithmetic(persona: Persona, conversation: int, prompt: int, new: int, rates
     the cached keys and values it attends over. Both ways decode the same `new` tokens; the flag
     probability's few forced tokens are left out of both. The time floor is the roofline: each
     forward takes at least its FLOPs at the machine's matmul rate or its bytes at its weight-reading
-    rate, whichever is longer (`rates`, measured on this model's weights in the same run).
+    rate, whichever is longer (`rates`, measured on this model's weights in the same run). With
+    `rows` reviews in a batch, the FLOPs and the cache read are per row, the weights read once.
     """
     base = persona.model.get_base_model()
     cfg = base.config
@@ -131,8 +135,8 @@ def arithmetic(persona: Persona, conversation: int, prompt: int, new: int, rates
         forwards = [(prompt - cached, cached)] + [(1, prompt + k) for k in range(new - 1)]  # (tokens fed, cached)
         flops = read = seconds = 0.0
         for fed, past in forwards:
-            f = 2 * block * fed + 4 * layers * heads * head_dim * sum(range(past + 1, past + fed + 1)) + 2 * head
-            b = block_bytes + head * size + kv_per_token * past
+            f = rows * (2 * block * fed + 4 * layers * heads * head_dim * sum(range(past + 1, past + fed + 1)) + 2 * head)
+            b = block_bytes + head * size + rows * kv_per_token * past
             flops, read, seconds = flops + f, read + b, seconds + max(f / flop_rate, b / byte_rate)
         return flops, read, seconds
 
@@ -197,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer", help="With --arch: the cached real tokenizer to use if present (qwen2, llama3).")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--rows", type=int, default=1, help="Reviews timed together, one batch, each its own conversation.")
     ap.add_argument("--batches", type=int, nargs="*", default=[], help="Batch sizes of reviews/s, e.g. 1 8 32.")
     ap.add_argument("--batch-length", type=int, default=512, help="Longest conversation of the reviews/s set.")
     ap.add_argument("--json", type=Path, help="Also write the rows here.")
@@ -210,26 +215,28 @@ def run(args) -> list[dict]:
                                device=args.device)
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
         rows = []
+        persona.batch_size = args.rows
         for target in args.lengths:
-            response = response_of_length(persona, messages, target)
-            prefill = persona.prefill(messages, response)
-            persona.review(messages, response, prefill=prefill)  # warm-up
+            convs = [Conversation(messages=messages, response=response_of_length(persona, messages, target, shift=r))
+                     for r in range(args.rows)]
+            prefills = persona.prefill_batch(convs)
+            persona.review_batch(convs, prefills=prefills)  # warm-up
             reuse, fresh = [], []
             for _ in range(args.repeats):
-                t1, a = timed(lambda: persona.review(messages, response, prefill=prefill))
-                t2, b = timed(lambda: persona.review(messages, response))
-                if a.text != b.text:
-                    raise SystemExit(f"length {target}: reuse and re-prefill disagree: {a.text!r} vs {b.text!r}")
+                t1, a = timed(lambda: persona.review_batch(convs, prefills=prefills))
+                t2, b = timed(lambda: persona.review_batch(convs))
+                if [x.text for x in a] != [x.text for x in b]:
+                    raise SystemExit(f"length {target}: reuse and re-prefill disagree: {a[0].text!r} vs {b[0].text!r}")
                 reuse.append(t1)
                 fresh.append(t2)
-            rows.append((len(prefill.input_ids), a.prompt_tokens, a.generated_tokens,
+            rows.append((len(prefills[0].input_ids), a[0].prompt_tokens, max(x.generated_tokens for x in a),
                          statistics.median(reuse), statistics.median(fresh)))
         rates = throughput(persona, messages, args.batch_length, args.batches) if args.batches else []
         machine = machine_rates(persona)
-        floors = [arithmetic(persona, conv, prompt, new, machine) for conv, prompt, new, _, _ in rows]
+        floors = [arithmetic(persona, conv, prompt, new, machine, args.rows) for conv, prompt, new, _, _ in rows]
     model = args.arch or f"tiny Llama: hidden {args.hidden}, {args.layers or 4} layers"
     print(f"{model}; {args.dtype} on {args.device}; {args.new_tokens} new tokens max; "
-          f"median of {args.repeats}; torch threads {torch.get_num_threads()}; "
+          f"{args.rows} review(s) a batch; median of {args.repeats}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; measured rates: block matmuls "
           f"{machine[0] / 1e9:.0f} GFLOP/s, weight reads {machine[1] / 1e9:.1f} GB/s\n")
     print("| conversation tokens | prompt tokens | review tokens | reuse (ms) | re-prefill (ms) | re-prefill / reuse "

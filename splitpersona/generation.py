@@ -73,32 +73,12 @@ def adopt_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
     return cache
 
 
-def stack_caches(caches: Sequence[Any | None], ends: Sequence[int]) -> Any:
-    """One batch cache of `max(ends)` columns: row i's cache (None: no cache) right-aligned at its own end.
-
-    Each row's first `ends[i]` tokens are its cache's; the columns before them are zeros that the
-    attention mask hides.
-    """
+def full_attention(config) -> bool:
+    """Whether every cache layer of this model keeps every position (no sliding window, no linear attention)."""
+    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    width = max(ends)
-    live = [(i, c) for i, c in enumerate(caches) if c is not None and ends[i]]
-    if len(caches) == 1 and live:
-        return caches[0]  # one row: used as it is, whatever its layers (sliding-window ones too)
-    proto = live[0][1]
-    layers = []
-    for li, layer in enumerate(proto.layers):
-        if any(type(c.layers[li]) is not DynamicLayer for _, c in live):
-            raise ValueError(
-                f"batched cache reuse needs full-attention cache layers, got {type(layer).__name__}; use batch_size=1"
-            )
-        keys = layer.keys.new_zeros(len(caches), layer.keys.shape[1], width, layer.keys.shape[3])
-        values = layer.values.new_zeros(len(caches), layer.values.shape[1], width, layer.values.shape[3])
-        for i, c in live:
-            keys[i, :, width - ends[i] :] = c.layers[li].keys[0, :, : ends[i]]
-            values[i, :, width - ends[i] :] = c.layers[li].values[0, :, : ends[i]]
-        layers.append((keys, values))
-    return adopt_cache(layers)
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
 
 def _room(model, caches: Sequence[Any | None] | None, ends: Sequence[int], rows: int, capacity: int) -> Any:
@@ -109,14 +89,12 @@ def _room(model, caches: Sequence[Any | None] | None, ends: Sequence[int], rows:
     None for models with layers a static cache does not hold whole (sliding windows, linear attention).
     """
     from transformers import StaticCache
-    from transformers.cache_utils import DynamicLayer, StaticLayer
+    from transformers.cache_utils import DynamicLayer
 
-    room = StaticCache(config=model.config, max_cache_len=capacity)
-    if any(type(layer) is not StaticLayer for layer in room.layers):
-        return None
     live = [(i, c) for i, c in enumerate(caches or ()) if c is not None and ends[i]]
-    if any(type(layer) is not DynamicLayer for _, c in live for layer in c.layers):
+    if not full_attention(model.config) or any(type(layer) is not DynamicLayer for _, c in live for layer in c.layers):
         return None
+    room = StaticCache(config=model.config, max_cache_len=capacity)
     split = max(ends, default=0)
     for li, layer in enumerate(room.layers if live else ()):  # without a cache the first forward sizes the room
         keys, values = live[0][1].layers[li].keys, live[0][1].layers[li].values
@@ -172,8 +150,10 @@ def generate(
     room = _room(model, caches, cached, len(prompts), width + max_new_tokens)
     if room is not None:
         kwargs["past_key_values"] = room
-    elif split:
-        kwargs["past_key_values"] = stack_caches(caches, cached)
+    elif split:  # a cache with sliding-window or linear-attention layers does not slice by row
+        if len(prompts) > 1:
+            raise ValueError("batched cache reuse needs full-attention cache layers; use batch_size=1")
+        kwargs["past_key_values"] = caches[0]
     kwargs.update(generate_kwargs)
     device = next(model.parameters()).device
     # disable_compile: with a static cache generate would compile on a GPU, a new graph for each batch's shape

@@ -33,7 +33,7 @@ import torch
 from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.flags import parse_flag
-from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, generate, stop_ids
+from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, full_attention, generate, stop_ids
 from splitpersona.io import DataError
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
@@ -453,10 +453,8 @@ class Persona:
         Models with sliding-window layers go one row a forward (their caches do not slice by row).
         """
         from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
-        full = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
-        size = self.batch_size if full else 1
+        size = self.batch_size if full_attention(self.model.config) else 1
         out: list[Prefill | None] = [None] * len(prefixes)
         order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
         for start in range(0, len(order), size):

@@ -29,11 +29,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from data_gen_fixtures import SMOKE, FakeOpenAI, fast_overrides, scripted_scores
 from fake_anthropic import FakeAnthropic
 
-from data_gen.backend import Attempt
-from data_gen.config import GenerateConfig
-from data_gen.pipeline import STEPS, generate
-from data_gen.store import Ledger, summarise_ledger
-from eval.report import md_table
+from splitpersona.data_gen.backend import Attempt
+from splitpersona.data_gen.config import GenerateConfig
+from splitpersona.data_gen.pipeline import STEPS, generate
+from splitpersona.data_gen.store import Ledger, summarise_ledger
+from splitpersona.eval.report import md_table
 from splitpersona.config import load_config
 
 SETTINGS = (("sync", False), ("sync", True), ("batch", False), ("batch", True))  # the first is the baseline

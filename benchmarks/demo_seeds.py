@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from eval.report import md_table
+from splitpersona.eval.report import md_table
 from splitpersona.app.demo.config import load_demo_config
 from splitpersona.app.demo.measure import CONTROLS
 from splitpersona.app.demo.run import run_demo
@@ -38,7 +38,7 @@ def _rate(cell: dict | None, key: str) -> str:
 
 
 def _score(summary: dict, key: str, field: str, condition: str = "as_is") -> str:
-    """A score metric (eval.detection.score_fields) of one arm: AUROC with its DeLong interval, or a rate."""
+    """A score metric (splitpersona.eval.detection.score_fields) of one arm: AUROC with its DeLong interval, or a rate."""
     cell = summary["table"].get(key, {}).get("scores", {}).get(condition)
     if not cell or cell.get(field) is None:
         return "–"

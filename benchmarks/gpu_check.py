@@ -27,7 +27,7 @@ import torch
 import train_throughput
 import yaml
 
-from eval.report import md_table
+from splitpersona.eval.report import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 # name, architecture, layers (None: as published), cached real tokenizer

@@ -32,7 +32,7 @@ def arch_model(arch_path: str | Path, tokenizer, *, layers: int | None, dtype: t
     """A random-init model of the architecture, `layers` deep (None: as published), built straight on `device`."""
     from transformers import AutoModelForCausalLM
 
-    from training.plan import load_arch_file
+    from splitpersona.training.plan import load_arch_file
 
     arch = load_arch_file(arch_path)
     if layers is not None:

@@ -85,9 +85,9 @@ def build_records(path: Path, n_tasks: int) -> None:
 
 def ours(base: Path, data: Path, out: Path, args) -> dict:
     from splitpersona.config import load_config
-    from training.config import TrainConfig
-    from training.plan import GIB, make_plan
-    from training.train import train
+    from splitpersona.training.config import TrainConfig
+    from splitpersona.training.plan import GIB, make_plan
+    from splitpersona.training.train import train
 
     overrides = [
         f"base_model={base}", f"data.train_files=[{data}]", f"output_dir={out}", "data.val_fraction=0",
@@ -116,8 +116,8 @@ def trl(base: Path, data: Path, out: Path, args) -> dict:
     from splitpersona.adapter import LoraSettings, build_lora_config
     from splitpersona.assemble import FormatConfig
     from splitpersona.token import TokenConfig, fit_embeddings, setup_tokenizer
-    from training.config import DataConfig
-    from training.data import prepare_data
+    from splitpersona.training.config import DataConfig
+    from splitpersona.training.data import prepare_data
 
     tok = AutoTokenizer.from_pretrained(base)
     tokens = setup_tokenizer(tok, TokenConfig())

@@ -1,8 +1,8 @@
 """The backend interface: what every stage asks of a model that answers in structured form.
 
-A stage hands `Request`s to a `Backend` (Claude: `data_gen.claude`; in-process: `LocalBackend`),
+A stage hands `Request`s to a `Backend` (Claude: `splitpersona.data_gen.claude`; in-process: `LocalBackend`),
 which yields one validated `Outcome` per request. The store, skipping done work, the ledger and
-the budget are the runner's (`data_gen.runner`), so a backend stays small.
+the budget are the runner's (`splitpersona.data_gen.runner`), so a backend stays small.
 """
 
 from __future__ import annotations

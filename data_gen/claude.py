@@ -23,13 +23,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from data_gen.backend import Attempt, GenerationAborted, Meter, Outcome, Request
-from data_gen.config import ClaudeConfig
-from data_gen.store import now_iso
+from splitpersona.data_gen.backend import Attempt, GenerationAborted, Meter, Outcome, Request
+from splitpersona.data_gen.config import ClaudeConfig
+from splitpersona.data_gen.store import now_iso
 from splitpersona.clients import RETRYABLE, Fault, RetryPolicy, anthropic_client, call_fault, tool, tool_answer, usage
 from splitpersona.io import append_jsonl, iter_jsonl
 
-log = logging.getLogger("data_gen.claude")
+log = logging.getLogger("splitpersona.data_gen.claude")
 
 MAX_OUTPUT_TOKENS = 64_000
 

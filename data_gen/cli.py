@@ -40,8 +40,8 @@ STOPS = {
 def _main(config: Path, overrides: list[str] | None, steps: list[str], iteration: int = 1, propose: bool = False) -> None:
     from rich.console import Console
 
-    from data_gen.config import GenerateConfig
-    from data_gen.pipeline import generate
+    from splitpersona.data_gen.config import GenerateConfig
+    from splitpersona.data_gen.pipeline import generate
     from splitpersona.config import load_config
 
     cfg = load_config(GenerateConfig, config, overrides or [])

@@ -1,6 +1,6 @@
 """Chaining the stages, tagging, and the run summary; the Python API behind `spt generate`.
 
-    from data_gen.pipeline import generate
+    from splitpersona.data_gen.pipeline import generate
     summary = generate(cfg, ["stage1", "stage2", "stage3", "tag", "filter"], iteration=1)
 
 A run directory holds everything: `config.json` (no secrets), `store/<stage>.jsonl` (finished
@@ -19,10 +19,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_gen.backend import Backend
-from data_gen.config import GenerateConfig
-from data_gen.runner import Run, StageResult
-from data_gen.store import now_iso, run_lock, summarise_ledger
+from splitpersona.data_gen.backend import Backend
+from splitpersona.data_gen.config import GenerateConfig
+from splitpersona.data_gen.runner import Run, StageResult
+from splitpersona.data_gen.store import now_iso, run_lock, summarise_ledger
 from splitpersona.config import dump_config
 from splitpersona.io import iter_jsonl, read_json, write_json
 from splitpersona.records import ReleaseBatch
@@ -35,8 +35,8 @@ STEPS = ("stage1", "stage2", "stage3", "tag", "filter")
 
 
 def run_tag(run: Run) -> StageResult:
-    """Tag the stage-3 batches with the release's tags (`data_gen.tags`) into `stage_3_tagged/`."""
-    from data_gen.tags import tag_batches
+    """Tag the stage-3 batches with the release's tags (`splitpersona.data_gen.tags`) into `stage_3_tagged/`."""
+    from splitpersona.data_gen.tags import tag_batches
 
     result = StageResult("tag")
     files = run.batch_files(3)
@@ -59,7 +59,7 @@ def _step(run: Run, step: str, iteration: int, propose: bool) -> StageResult:
     if step == "tag":
         return run_tag(run)
     if step == "filter":
-        from data_gen.quality import run_filter
+        from splitpersona.data_gen.quality import run_filter
 
         return run_filter(run, iteration, propose)
     if step in STEPS:

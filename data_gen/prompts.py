@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from data_gen.config import TOPICS
+from splitpersona.data_gen.config import TOPICS
 from splitpersona.io import DataError
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"

@@ -27,16 +27,16 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
-from data_gen.backend import Block, Request
-from data_gen.runner import Run, StageResult, execute
-from data_gen.prompts import render
-from data_gen.schemas import CriteriaProposal, rating_answer
+from splitpersona.data_gen.backend import Block, Request
+from splitpersona.data_gen.runner import Run, StageResult, execute
+from splitpersona.data_gen.prompts import render
+from splitpersona.data_gen.schemas import CriteriaProposal, rating_answer
 from splitpersona.config import StrictModel, load_config
 from splitpersona.io import DataError, atomic_write, iter_jsonl, read_json, write_json, write_jsonl
 from splitpersona.records import ReleaseBatch
 from splitpersona.release import Slot, batch_stem, intervention_id, release_json, walk
 
-log = logging.getLogger("data_gen.filter")
+log = logging.getLogger("splitpersona.data_gen.filter")
 
 RATE_TOOL = "rate_sample"
 PROPOSE_TOOL = "propose_criteria"

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from data_gen.backend import Backend, Request
-from data_gen.config import GenerateConfig
-from data_gen.prompts import PromptSet, load_prompts
-from data_gen.store import BudgetMeter, Ledger, ResultStore
+from splitpersona.data_gen.backend import Backend, Request
+from splitpersona.data_gen.config import GenerateConfig
+from splitpersona.data_gen.prompts import PromptSet, load_prompts
+from splitpersona.data_gen.store import BudgetMeter, Ledger, ResultStore
 
 log = logging.getLogger("data_gen")
 T = TypeVar("T")
@@ -79,7 +79,7 @@ class Run:
             return self._overrides[stage]
         model = self.cfg.claude_models()["filter" if stage == "propose" else stage]
         if model not in self._backends:
-            from data_gen.claude import ClaudeBackend
+            from splitpersona.data_gen.claude import ClaudeBackend
 
             self._backends[model] = ClaudeBackend(self.cfg.claude, model, self.out)
         return self._backends[model]
@@ -108,7 +108,7 @@ def still_to_do(run: Run, store: ResultStore, keyed: list[tuple[str, T]], result
 
 def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
     """Send every request whose key is not yet stored; store each outcome as it arrives."""
-    from data_gen.claude import BatchPending
+    from splitpersona.data_gen.claude import BatchPending
 
     backend = run.backend(stage)
     store = store or run.store(stage)

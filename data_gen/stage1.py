@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from data_gen.backend import Block, Request
-from data_gen.runner import Run, StageResult, execute
-from data_gen.schemas import stage1_answer
+from splitpersona.data_gen.backend import Block, Request
+from splitpersona.data_gen.runner import Run, StageResult, execute
+from splitpersona.data_gen.schemas import stage1_answer
 from splitpersona.io import write_json
 from splitpersona.records import ReleaseBatch, Stage1Item, Stage1Metadata
 from splitpersona.release import release_json

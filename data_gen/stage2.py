@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_gen.config import Stage2Config
-from data_gen.runner import Run, StageResult, progress, still_to_do
-from data_gen.store import now_iso
+from splitpersona.data_gen.config import Stage2Config
+from splitpersona.data_gen.runner import Run, StageResult, progress, still_to_do
+from splitpersona.data_gen.store import now_iso
 from splitpersona.clients import Fault, RetryPolicy, call_fault, status_fault
 from splitpersona.conversation import Message
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage2Inference
 from splitpersona.release import release_json
 
-log = logging.getLogger("data_gen.stage2")
+log = logging.getLogger("splitpersona.data_gen.stage2")
 
 TINY_MODEL = "tiny-random-llama"
 Chat = list[dict[str, str]]
@@ -202,7 +202,7 @@ class OpenAIResponder:
 
 def build_tiny_model(path: Path, seed: int) -> None:
     """A tiny random Llama with a tokenizer trained on our own prompts: smoke runs need no download."""
-    from data_gen.prompts import load_prompts
+    from splitpersona.data_gen.prompts import load_prompts
     from splitpersona.tiny import tiny_llama, train_tokenizer
 
     prompts = load_prompts("v1")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_gen.backend import Block, Request
-from data_gen.runner import Run, StageResult, execute
-from data_gen.schemas import stage3_answer
-from data_gen.stage2 import same_item
+from splitpersona.data_gen.backend import Block, Request
+from splitpersona.data_gen.runner import Run, StageResult, execute
+from splitpersona.data_gen.schemas import stage3_answer
+from splitpersona.data_gen.stage2 import same_item
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage1Item, Stage3Intervention
 from splitpersona.release import release_json, walk

@@ -21,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from data_gen.backend import Attempt, Outcome
-from data_gen.config import Price
+from splitpersona.data_gen.backend import Attempt, Outcome
+from splitpersona.data_gen.config import Price
 from splitpersona.io import DataError, append_jsonl, iter_jsonl
 
 

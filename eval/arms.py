@@ -1,13 +1,13 @@
-"""The generative arms (eval.registry lists them): one batch of reviews per arm, read as verdicts."""
+"""The generative arms (splitpersona.eval.registry lists them): one batch of reviews per arm, read as verdicts."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-from eval.registry import GENERATIVE, ArmSpec
-from eval.results import SampleResult
-from eval.sets import EvalItem
+from splitpersona.eval.registry import GENERATIVE, ArmSpec
+from splitpersona.eval.results import SampleResult
+from splitpersona.eval.sets import EvalItem
 from splitpersona.conversation import Conversation
 from splitpersona.persona import Persona, Prefill
 

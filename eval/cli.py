@@ -19,7 +19,7 @@ def report(
     ),
 ) -> None:
     """Markdown, JSON and bar charts: every rate with n and a 95% interval, controls beside the persona."""
-    from eval.report import DEFAULT_SLICES, write_report
+    from splitpersona.eval.report import DEFAULT_SLICES, write_report
 
     files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES)
     typer.echo(f"wrote {files.markdown}, {files.json} and {len(files.charts)} charts")
@@ -31,7 +31,7 @@ def published(
     json_out: Path = typer.Option(None, "--json", help="Write the per-file table as JSON here."),
 ) -> None:
     """Re-score the published SPT evaluation files with our flag parser; per-file and grouped tables."""
-    from eval.published import print_tables, scan
+    from splitpersona.eval.published import print_tables, scan
     from splitpersona.io import write_json
 
     result = scan(directory)
@@ -49,8 +49,8 @@ def run(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, dotted when nested (probe.layers=[0,1])."),
 ) -> None:
     """Run the persona and every control arm on the same samples; one resumable results file."""
-    from eval.config import EvalConfig
-    from eval.run import run_eval
+    from splitpersona.eval.config import EvalConfig
+    from splitpersona.eval.run import run_eval
     from splitpersona.config import load_config
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
@@ -71,7 +71,7 @@ def checks(
 ) -> None:
     """Zero alignment tax and KV reuse: the masked persona leaves the base model's logits and answers
     bit-identical, and reviews the same on the main model's cache as from scratch."""
-    from eval.checks import record_conversations, run_checks, run_records, verdicts, write_checks
+    from splitpersona.eval.checks import record_conversations, run_checks, run_records, verdicts, write_checks
     from splitpersona.io import DataError
 
     try:

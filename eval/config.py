@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eval.registry import ARMS, ArmName
+from splitpersona.eval.registry import ARMS, ArmName
 from splitpersona.config import StrictModel
 
 ConditionName = Literal["as_is", "no_system_prompt", "swapped_system_prompt"]
@@ -29,7 +29,7 @@ DEFAULT_JAILBREAK = (
 
 class EvalSetConfig(StrictModel):
     """One input file. `records`: TrainingRecord JSONL (held-out topics or samples); `conditions`:
-    auditing-game JSONL (eval.sets.ConditionRecord: prompt, response, expected flag, condition)."""
+    auditing-game JSONL (splitpersona.eval.sets.ConditionRecord: prompt, response, expected flag, condition)."""
 
     name: str = Field(..., min_length=1, description="Label stored with every result of this set.")
     kind: Literal["records", "conditions"]
@@ -107,7 +107,7 @@ class ProbeConfig(StrictModel):
 
 
 class CalibrationConfig(StrictModel):
-    """Which expected-PASS samples fix the low-FPR thresholds; they are then never reported (eval.detection)."""
+    """Which expected-PASS samples fix the low-FPR thresholds; they are then never reported (splitpersona.eval.detection)."""
 
     mode: Literal["split", "set", "none"] = Field(
         "split", description="'split': a seeded share of the sample ids with an expected-PASS record; 'set': the "
@@ -151,7 +151,7 @@ class EvalConfig(StrictModel):
     external: ExternalConfig = Field(default_factory=ExternalConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     calibration: CalibrationConfig = Field(
-        default_factory=CalibrationConfig, description="Low-FPR thresholds in `spt eval report` (eval.detection)."
+        default_factory=CalibrationConfig, description="Low-FPR thresholds in `spt eval report` (splitpersona.eval.detection)."
     )
     dtype: str = "float32"
     device: str = "cpu"

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from eval.config import CalibrationConfig
-from eval.metrics import Z95, Rate, group
-from eval.results import SampleResult
+from splitpersona.eval.config import CalibrationConfig
+from splitpersona.eval.metrics import Z95, Rate, group
+from splitpersona.eval.results import SampleResult
 
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial
 BINS = 10

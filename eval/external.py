@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from eval.arms import result_fields, scored_results
-from eval.config import ExternalConfig
-from eval.results import SampleResult
-from eval.sets import EvalItem
+from splitpersona.eval.arms import result_fields, scored_results
+from splitpersona.eval.config import ExternalConfig
+from splitpersona.eval.results import SampleResult
+from splitpersona.eval.sets import EvalItem
 from splitpersona.clients import RetryPolicy, anthropic_client, call_fault, tool, tool_answer
 from splitpersona.config import StrictModel
 from splitpersona.persona import Persona
@@ -135,7 +135,7 @@ class TextClassifier:
     """Bag-of-words (word n-grams) logistic regression on `judge_text`, FAIL = 1, classes weighted.
 
     Fitted on `cfg.train_data`, leaving out records that share an id or a user task with an eval
-    item (`eval.probe.training_rows`). Weighting the classes makes its threshold aim at balanced
+    item (`splitpersona.eval.probe.training_rows`). Weighting the classes makes its threshold aim at balanced
     accuracy, the measure the report compares reviewers by.
     """
 
@@ -144,7 +144,7 @@ class TextClassifier:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
-        from eval.probe import training_rows
+        from splitpersona.eval.probe import training_rows
 
         records, self.excluded = training_rows(cfg, items)
         texts = [judge_text(r, cfg.show_system_prompt) for r in records]

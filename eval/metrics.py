@@ -8,7 +8,7 @@ Conventions, chosen so a rate cannot look better than the evidence:
 - Intervals: Wilson score, 95%. A sum or difference of two rates (balanced accuracy, the
   system-prompt swap drop) gets Newcombe's MOVER-Wilson interval, which combines the two Wilson
   intervals' half-widths on each side; it treats the two rates as independent. Two arms (or two
-  conditions) measured on the same samples are compared by paired tests instead: eval.detection.
+  conditions) measured on the same samples are compared by paired tests instead: splitpersona.eval.detection.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from eval.results import SampleResult
+from splitpersona.eval.results import SampleResult
 
 Z95 = 1.959963984540054
 

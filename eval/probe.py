@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eval.arms import scored_results
-from eval.config import ExternalConfig, ProbeConfig
-from eval.results import SampleResult
-from eval.sets import EvalItem
+from splitpersona.eval.arms import scored_results
+from splitpersona.eval.config import ExternalConfig, ProbeConfig
+from splitpersona.eval.results import SampleResult
+from splitpersona.eval.sets import EvalItem
 from splitpersona.conversation import Message
 from splitpersona.io import read_jsonl
 from splitpersona.persona import Persona, Prefill, persona_start

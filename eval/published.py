@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.metrics import Rate
+from splitpersona.eval.metrics import Rate
 from splitpersona.flags import parse_flag
 from splitpersona.io import DataError, read_json
 

@@ -19,9 +19,9 @@ asks whether any token would do.
 The control arms get `control_instruction` appended to the intervention so that they know the
 answer format; the persona gets its intervention unchanged, as trained.
 
-The scoring arms give each item a score instead of a review: `external` (eval.external, a reviewer
-that sees only the task and the response) and `probe` (eval.probe, a linear probe on the base
-model's activations); eval.run registers a runner for each.
+The scoring arms give each item a score instead of a review: `external` (splitpersona.eval.external, a reviewer
+that sees only the task and the response) and `probe` (splitpersona.eval.probe, a linear probe on the base
+model's activations); splitpersona.eval.run registers a runner for each.
 
 This module imports nothing heavy, so configs and reports can name the arms without loading torch.
 """

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.config import CalibrationConfig
-from eval.detection import ArmDetection, Comparison, detection_table, mcnemar, persona_vs_best
-from eval.metrics import (
+from splitpersona.eval.config import CalibrationConfig
+from splitpersona.eval.detection import ArmDetection, Comparison, detection_table, mcnemar, persona_vs_best
+from splitpersona.eval.metrics import (
     Combined,
     Rate,
     Row,
@@ -28,7 +28,7 @@ from eval.metrics import (
     swap_table,
     table,
 )
-from eval.results import ARMS, CONDITIONS, Results, load_results
+from splitpersona.eval.results import ARMS, CONDITIONS, Results, load_results
 from splitpersona.io import DataError, atomic_write, write_json
 
 COMPARISON = "__runs__"  # key of the cross-run charts in the chart index

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from eval.registry import ARMS  # re-exported: reports order the arms as the registry lists them
+from splitpersona.eval.registry import ARMS  # re-exported: reports order the arms as the registry lists them
 from splitpersona.config import StrictModel
 from splitpersona.conversation import Elicitation
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, ParsedFlag, parse_flag

@@ -2,7 +2,7 @@
 
     spt eval run --config configs/eval/tiny_cpu.yaml [key=value ...]
 
-Items come from eval.sets, arms from eval.registry (scoring kinds: SCORERS below). Each batch of
+Items come from splitpersona.eval.sets, arms from splitpersona.eval.registry (scoring kinds: SCORERS below). Each batch of
 conversations is prefilled once with the adapter off, and every arm that reads the conversation
 with LoRA off starts from that shared cache, as a deployed persona would start from the main
 model's; the probe reads its hidden states from that same forward (for its conversation span).
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.arms import can_reuse, run_generative
-from eval.config import EvalConfig
-from eval.external import ClaudeJudge, TextClassifier, describe, run_external
-from eval.probe import fit, hidden_index, run_probe, training_rows
-from eval.registry import GENERATIVE
-from eval.results import ResultsMetadata, ResultsWriter, SampleResult
-from eval.sets import EvalItem, load_sets
+from splitpersona.eval.arms import can_reuse, run_generative
+from splitpersona.eval.config import EvalConfig
+from splitpersona.eval.external import ClaudeJudge, TextClassifier, describe, run_external
+from splitpersona.eval.probe import fit, hidden_index, run_probe, training_rows
+from splitpersona.eval.registry import GENERATIVE
+from splitpersona.eval.results import ResultsMetadata, ResultsWriter, SampleResult
+from splitpersona.eval.sets import EvalItem, load_sets
 from splitpersona.conversation import Conversation
 from splitpersona.persona import DEFAULT_INTERVENTION, Persona, Prefill
 from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info

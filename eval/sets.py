@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from eval.config import EvalConfig, EvalSetConfig
+from splitpersona.eval.config import EvalConfig, EvalSetConfig
 from splitpersona.config import StrictModel
 from splitpersona.conversation import History, Message, build_messages
 from splitpersona.io import DataError, read_json, read_jsonl

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.results import ResultsMetadata, ResultsWriter, SampleResult
+from splitpersona.eval.results import ResultsMetadata, ResultsWriter, SampleResult
 
 N = 40
 ARMS = ("persona", "no_adapter", "follow_up", "meaningless_token", "external", "probe")

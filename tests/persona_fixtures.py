@@ -24,8 +24,8 @@ BIASED = "Statistics show that 42% of people prefer tea; I made that number up."
 
 
 def trained_run(tmp_path_factory, base_dir: Path, *, lora_mask: bool = True) -> Path:
-    """A run directory from `training.train.train`; its records file lies beside it (`records_of`)."""
-    from training.train import train
+    """A run directory from `splitpersona.training.train.train`; its records file lies beside it (`records_of`)."""
+    from splitpersona.training.train import train
 
     key = (str(base_dir), lora_mask)
     if key not in _RUNS:

@@ -85,8 +85,8 @@ class Runs:
 
 
 def _train(base: Path, data: Path, out: Path, family: Family, *extra: str):
-    from training.engine import distributed
-    from training.train import Trainer
+    from splitpersona.training.engine import distributed
+    from splitpersona.training.train import Trainer
 
     overrides = [
         f"tokens.strategy={family.strategy}", "data.val_fraction=0", "epochs=3", "max_length=160",

@@ -9,12 +9,12 @@ import pytest
 from fake_anthropic import FakeAnthropic
 from pydantic import BaseModel
 
-from data_gen.backend import Block, Request
-from data_gen.claude import ClaudeBackend
-from data_gen.config import ClaudeConfig, Price
-from data_gen.store import BudgetMeter, Ledger
-from eval.config import ExternalConfig
-from eval.external import ClaudeJudge
+from splitpersona.data_gen.backend import Block, Request
+from splitpersona.data_gen.claude import ClaudeBackend
+from splitpersona.data_gen.config import ClaudeConfig, Price
+from splitpersona.data_gen.store import BudgetMeter, Ledger
+from splitpersona.eval.config import ExternalConfig
+from splitpersona.eval.external import ClaudeJudge
 
 KEY = "sk-ant-test-clients"
 

@@ -14,7 +14,7 @@ def _load(path: Path):
     rel = path.relative_to(REPO / "configs").parts
     if rel[0] == "train":
         from splitpersona.config import load_config
-        from training.config import TrainConfig
+        from splitpersona.training.config import TrainConfig
 
         return load_config(TrainConfig, path)
     if rel[0] == "deepspeed":
@@ -24,16 +24,16 @@ def _load(path: Path):
 
         return DeepSpeedZeroConfig(**load_yaml(path)["zero_optimization"])
     if rel[0] == "eval":
-        from eval.config import EvalConfig
+        from splitpersona.eval.config import EvalConfig
         from splitpersona.config import load_config
 
         return load_config(EvalConfig, path)
     if rel[:2] == ("data_gen", "criteria"):
-        from data_gen.quality import load_criteria
+        from splitpersona.data_gen.quality import load_criteria
 
         return load_criteria(path)
     if rel[0] == "data_gen":
-        from data_gen.config import GenerateConfig
+        from splitpersona.data_gen.config import GenerateConfig
         from splitpersona.config import load_config
 
         return load_config(GenerateConfig, path)
@@ -42,7 +42,7 @@ def _load(path: Path):
 
         return load_filter(path)
     if rel[0] == "models":
-        from training.plan import load_arch_file
+        from splitpersona.training.plan import load_arch_file
 
         return load_arch_file(path)
     if rel[0] == "demo":

@@ -16,16 +16,16 @@ from data_gen_fixtures import SECRET, SMOKE, fast_overrides, files_containing, s
 from fake_anthropic import FakeAnthropic, instance_from_schema
 from typer.testing import CliRunner
 
-from data_gen.backend import Block, GenerationAborted, Request
-from data_gen.claude import ClaudeBackend
+from splitpersona.data_gen.backend import Block, GenerationAborted, Request
+from splitpersona.data_gen.claude import ClaudeBackend
 from splitpersona.app.cli import app
-from data_gen.config import TOPICS, ClaudeConfig, GenerateConfig
-from data_gen.runner import Run
-from data_gen.pipeline import generate
-from data_gen.prompts import load_prompts, render
-from data_gen.schemas import CriteriaProposal, rating_answer, stage1_answer, stage3_answer
-from data_gen.stage1 import batch_specs
-from data_gen.store import BudgetMeter, Ledger, ResultStore
+from splitpersona.data_gen.config import TOPICS, ClaudeConfig, GenerateConfig
+from splitpersona.data_gen.runner import Run
+from splitpersona.data_gen.pipeline import generate
+from splitpersona.data_gen.prompts import load_prompts, render
+from splitpersona.data_gen.schemas import CriteriaProposal, rating_answer, stage1_answer, stage3_answer
+from splitpersona.data_gen.stage1 import batch_specs
+from splitpersona.data_gen.store import BudgetMeter, Ledger, ResultStore
 from splitpersona.clients import tool_schema
 from splitpersona.config import ConfigError, load_config
 from splitpersona.io import DataError, iter_jsonl
@@ -336,7 +336,7 @@ def test_missing_credentials_stop_before_any_request(tmp_path, monkeypatch):
 
 
 def test_a_local_backend_replaces_claude_through_the_same_interface(tmp_path):
-    from data_gen.backend import LocalBackend
+    from splitpersona.data_gen.backend import LocalBackend
 
     class Template(LocalBackend):
         model = "template-v0"

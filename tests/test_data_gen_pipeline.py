@@ -21,9 +21,9 @@ from data_gen_fixtures import (
 )
 from fake_anthropic import FakeAnthropic
 
-from data_gen.config import GenerateConfig
-from data_gen.pipeline import generate
-from data_gen.quality import Criteria, load_criteria
+from splitpersona.data_gen.config import GenerateConfig
+from splitpersona.data_gen.pipeline import generate
+from splitpersona.data_gen.quality import Criteria, load_criteria
 from splitpersona.config import load_config
 from splitpersona.io import DataError, iter_jsonl
 from splitpersona.token import SPLIT_TOKEN
@@ -155,8 +155,8 @@ def test_filter_iteration_two_is_compared_with_one_and_criteria_are_pinned(smoke
 
 
 def test_stage2_transformers_batches_with_left_padding_like_single_rows(tiny_base_dir):
-    from data_gen.config import Stage2Config
-    from data_gen.stage2 import TransformersResponder
+    from splitpersona.data_gen.config import Stage2Config
+    from splitpersona.data_gen.stage2 import TransformersResponder
 
     chats = [[{"role": "system", "content": "You are a helpful assistant."},
               {"role": "user", "content": "item " * n + "Which shoes should I buy?"}] for n in (1, 9, 3, 17)]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.results import SampleResult
-from eval.sets import ConditionRecord
+from splitpersona.eval.results import SampleResult
+from splitpersona.eval.sets import ConditionRecord
 from splitpersona.app.demo.config import load_demo_config
 from splitpersona.app.demo.data import NOWHERE, STATED, _weights_scenarios
 from splitpersona.app.demo.measure import latent, pushed_products

@@ -41,7 +41,7 @@ def test_checks_refuse_an_unmasked_run(tmp_path_factory, tiny_base_dir, tmp_path
 
 
 def test_checks_read_every_turn_of_a_multi_turn_record(tmp_path):
-    from eval.checks import record_conversations
+    from splitpersona.eval.checks import record_conversations
     from splitpersona.io import write_jsonl
     from splitpersona.records import TrainingRecord
 

@@ -10,9 +10,9 @@ import torch
 from fake_anthropic import FakeAnthropic
 from persona_fixtures import BIASED, HONEST, MESSAGES, trained_run
 
-from eval.arms import run_generative
-from eval.config import CalibrationConfig, ExternalConfig
-from eval.detection import (
+from splitpersona.eval.arms import run_generative
+from splitpersona.eval.config import CalibrationConfig, ExternalConfig
+from splitpersona.eval.detection import (
     auroc,
     calibration_error,
     delong,
@@ -23,10 +23,10 @@ from eval.detection import (
     recall_at_fpr,
     roc_curve,
 )
-from eval.external import ClaudeJudge, judge_messages, run_external
-from eval.metrics import Z95
-from eval.results import SampleResult
-from eval.sets import EvalItem
+from splitpersona.eval.external import ClaudeJudge, judge_messages, run_external
+from splitpersona.eval.metrics import Z95
+from splitpersona.eval.results import SampleResult
+from splitpersona.eval.sets import EvalItem
 from splitpersona.assemble import FormatConfig
 from splitpersona.persona import Conversation, Persona, flag_continuation
 
@@ -298,7 +298,7 @@ def test_the_demo_headline_carries_score_fields():
 
 
 def test_calibration_settings_do_not_block_a_resume(tmp_path):
-    from eval.results import ResultsMetadata, ResultsWriter
+    from splitpersona.eval.results import ResultsMetadata, ResultsWriter
     from splitpersona.io import DataError
 
     def meta(**cal):
@@ -314,7 +314,7 @@ def test_calibration_settings_do_not_block_a_resume(tmp_path):
 
 
 def test_records_without_a_finite_score_are_counted_unscored():
-    from eval.detection import detection_table
+    from splitpersona.eval.detection import detection_table
 
     def rec(i, score):
         return SampleResult.from_text(generated="\nFLAG: PASS", id=f"s{i}", condition="as_is", arm="persona",

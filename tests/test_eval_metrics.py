@@ -7,7 +7,7 @@ import math
 import pytest
 from eval_fixtures import all_records, verdict
 
-from eval.metrics import (
+from splitpersona.eval.metrics import (
     Rate,
     balanced_accuracy,
     cross_topic,
@@ -18,7 +18,7 @@ from eval.metrics import (
     table,
     wilson,
 )
-from eval.results import SampleResult
+from splitpersona.eval.results import SampleResult
 
 
 def rec(i, expected, flag, *, condition="as_is", arm="persona", **kw) -> SampleResult:

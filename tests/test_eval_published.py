@@ -10,7 +10,7 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from splitpersona.app.cli import app
-from eval.published import scan
+from splitpersona.eval.published import scan
 from splitpersona.io import DataError
 
 JSON_FIELDS = {"checkpoint", "elicitation", "lora_patch", "condition", "intervention", "n", "parsed", "correct",

@@ -9,8 +9,8 @@ from eval_fixtures import write_synthetic
 from typer.testing import CliRunner
 
 from splitpersona.app.cli import app
-from eval.metrics import Rate
-from eval.report import write_report
+from splitpersona.eval.metrics import Rate
+from splitpersona.eval.report import write_report
 from splitpersona.io import DataError
 
 
@@ -118,7 +118,7 @@ def test_corrupt_record_fails_naming_file_and_record(tmp_path, two_runs):
 
 def test_chart_survives_rates_at_zero_and_one(tmp_path):
     """Wilson bounds for 0/n and n/n can miss the rate by a rounding error (0/7, 10/10): no negative error bar."""
-    from eval.report import bar_chart
+    from splitpersona.eval.report import bar_chart
 
     rates = {("as_is", "persona"): Rate(10, 10), ("as_is", "external"): Rate(0, 7), ("swapped", "persona"): Rate(13, 13)}
     bar_chart(tmp_path / "c.png", ["as_is", "swapped"], ["persona", "external"], rates, "edge rates")
@@ -129,7 +129,7 @@ def scored_file(path, calibration=None):
     """Persona scores separate the classes perfectly; the probe's overlap; external has none."""
     from eval_fixtures import CONDITIONS, N, expected, record, verdict
 
-    from eval.results import ResultsMetadata, ResultsWriter
+    from splitpersona.eval.results import ResultsMetadata, ResultsWriter
 
     def score(arm, i):
         fail = expected(i) == "FAIL"

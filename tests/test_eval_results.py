@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval.results import ResultsMetadata, ResultsWriter, SampleResult, load_results
+from splitpersona.eval.results import ResultsMetadata, ResultsWriter, SampleResult, load_results
 from splitpersona.io import DataError
 
 

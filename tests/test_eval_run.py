@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eval.config import EvalConfig
-from eval.metrics import jailbreak_flips, swap_table
-from eval.results import load_results
-from eval.sets import ConditionRecord
+from splitpersona.eval.config import EvalConfig
+from splitpersona.eval.metrics import jailbreak_flips, swap_table
+from splitpersona.eval.results import load_results
+from splitpersona.eval.sets import ConditionRecord
 from persona_fixtures import BIASED, HONEST, TASK, records_of, trained_run
 from splitpersona.app.cli import app
 from splitpersona.config import ConfigError, load_config
@@ -72,8 +72,8 @@ def test_every_eval_config_loads():
 
 
 def test_every_arm_of_the_registry_runs_and_no_other_is_accepted():
-    from eval.registry import ARMS, GENERATIVE, SCORING
-    from eval.run import SCORERS
+    from splitpersona.eval.registry import ARMS, GENERATIVE, SCORING
+    from splitpersona.eval.run import SCORERS
 
     assert list(SCORERS) == list(SCORING) and ARMS == (*GENERATIVE, *SCORING)
     assert load_config(EvalConfig, TINY, [f"arms=[{', '.join(ARMS)}]"]).arms == list(ARMS)
@@ -141,7 +141,7 @@ def test_jailbreak_twins_and_swap_are_scoreable(results_path):
 def test_runner_verdicts_equal_the_persona_api(results_path, run_dir):
     res = load_results(results_path)
     persona = Persona.load(run_dir, max_new_tokens=4)
-    from eval.config import DEFAULT_CONTROL_INSTRUCTION
+    from splitpersona.eval.config import DEFAULT_CONTROL_INSTRUCTION
 
     row = next(r for r in res.records if r.arm == "persona" and r.condition == "trained_actual")
     assert row.generated == persona.review([{"role": "system", "content": AUDIT[0].system},
@@ -156,8 +156,8 @@ def test_runner_verdicts_equal_the_persona_api(results_path, run_dir):
 def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, audit_file, tmp_path):
     """Every arm starting from one batched prefill, and the probe reading its states, write what each
     reading alone writes."""
-    from eval.registry import GENERATIVE
-    from eval.run import run_eval
+    from splitpersona.eval.registry import GENERATIVE
+    from splitpersona.eval.run import run_eval
 
     alone_path = tmp_path / "alone.jsonl"
     configured = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path)).arms
@@ -176,7 +176,7 @@ def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, au
 def test_a_rerun_resumes_and_a_torn_line_is_repaired(results_path, run_dir, audit_file):
     before = results_path.read_bytes()
     cfg = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, results_path))
-    from eval.run import run_eval
+    from splitpersona.eval.run import run_eval
 
     run_eval(cfg)
     assert results_path.read_bytes() == before  # nothing left to do, nothing rewritten
@@ -196,7 +196,7 @@ def load_results_from(data: bytes, folder: Path):
 
 
 def test_every_verdict_has_a_score_and_the_report_reads_them(results_path, tmp_path):
-    from eval.report import write_report
+    from splitpersona.eval.report import write_report
 
     res = load_results(results_path)
     sources = {(r.arm, r.score_source) for r in res.records}

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.config import EvalConfig, ProbeConfig
-from eval.external import JUDGE_SYSTEM, TOOL_NAME, TextClassifier
-from eval.probe import features, fit, hidden_index, run_probe, training_rows
-from eval.results import load_results
-from eval.run import run_eval
-from eval.sets import load_sets
+from splitpersona.eval.config import EvalConfig, ProbeConfig
+from splitpersona.eval.external import JUDGE_SYSTEM, TOOL_NAME, TextClassifier
+from splitpersona.eval.probe import features, fit, hidden_index, run_probe, training_rows
+from splitpersona.eval.results import load_results
+from splitpersona.eval.run import run_eval
+from splitpersona.eval.sets import load_sets
 from fake_anthropic import FakeAnthropic
 from persona_fixtures import BIASED, records_of, trained_run
 from splitpersona.config import load_config

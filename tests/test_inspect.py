@@ -25,9 +25,9 @@ from inspect_ai.log import list_eval_logs, read_eval_log  # noqa: E402
 from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig, ModelOutput, ModelUsage, get_model  # noqa: E402
 from inspect_ai.solver import generate  # noqa: E402
 
-from eval.config import EvalConfig  # noqa: E402
-from eval.results import load_results  # noqa: E402
-from eval.run import run_eval  # noqa: E402
+from splitpersona.eval.config import EvalConfig  # noqa: E402
+from splitpersona.eval.results import load_results  # noqa: E402
+from splitpersona.eval.run import run_eval  # noqa: E402
 from install_fixtures import clean_env, install_wheel  # noqa: E402
 from persona_fixtures import BIASED, MESSAGES, records_of, trained_run  # noqa: E402
 from splitpersona.app.inspect_eval import spt_ask, spt_flag, spt_heldout, spt_review  # noqa: E402

@@ -39,6 +39,19 @@ def _spt(installed: tuple[Path, Path], *args: str) -> subprocess.CompletedProces
     return res
 
 
+def test_the_wheel_installs_one_import_package(installed):
+    """A research repository's own `training/` or `eval/` neither shadows ours nor is shadowed by it."""
+    bin_dir, work = installed
+    code = ("import importlib.metadata as m, importlib.util as u;"
+            "print(sorted({f.parts[0] for f in m.distribution('splitpersona').files} - {'..'}));"
+            "print([n for n in ('data_gen', 'training', 'eval') if u.find_spec(n)]);"
+            "import splitpersona.training.train, splitpersona.eval.run, splitpersona.data_gen.runner")
+    res = subprocess.run([bin_dir / "python", "-c", code], capture_output=True, text=True, env=clean_env(), cwd=work)
+    assert res.returncode == 0, res.stderr[-3000:]
+    top, bare = res.stdout.splitlines()
+    assert top == "['splitpersona', 'splitpersona-0.1.0.dist-info']" and bare == "[]"
+
+
 def test_installed_data_import_uses_the_packaged_filter(installed):
     release = shared_path("reference", "stage_3_tagged")
     one_file = sorted((release / "sycophancy").glob("*.json.xz"))[0]

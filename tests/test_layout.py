@@ -1,6 +1,7 @@
 """Who may import whom: the core imports no part, parts import no sibling; the face (`splitpersona.app`) composes all.
 
-Read from the source with `ast`, so an import inside a function counts as much as one at the top.
+Read from the source with `ast`, so an import inside a function counts as much as one at the top. The
+parts live in top-level folders and are imported as `splitpersona.<part>` only (one namespace).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("splitpersona", "data_gen", "training", "eval")
+BARE = ("data_gen", "training", "eval")  # never imported under these top-level names
+DG, TR, EV, APP = "splitpersona.data_gen", "splitpersona.training", "splitpersona.eval", "splitpersona.app"
 # What each floor may not import. The face is splitpersona/app and may import everything.
 FORBIDDEN = {
-    "splitpersona": {"data_gen", "training", "eval", "splitpersona.app"},
-    "data_gen": {"training", "eval", "splitpersona.app"},
-    "training": {"data_gen", "eval", "splitpersona.app"},
-    "eval": {"data_gen", "training", "splitpersona.app"},
+    "splitpersona": {DG, TR, EV, APP},
+    "data_gen": {TR, EV, APP},
+    "training": {DG, EV, APP},
+    "eval": {DG, TR, APP},
 }
 
 
@@ -48,8 +51,20 @@ def test_floor_imports(path: Path):
 
 def test_the_rule_sees_a_violation(tmp_path: Path):
     bad = tmp_path / "m.py"
-    bad.write_text("def f():\n    from eval.metrics import Rate\n")
-    assert "eval.metrics" in _imports(bad)
+    bad.write_text("def f():\n    from splitpersona.eval.metrics import Rate\n")
+    assert "splitpersona.eval.metrics" in _imports(bad)
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for d in (*PARTS, "tests", "benchmarks", "tools") for p in (ROOT / d).rglob("*.py"))
+
+
+def test_one_namespace():
+    """`training` or `eval` at top level would be whichever package the working directory holds."""
+    bare = {p.relative_to(ROOT).as_posix(): sorted(n for n in _imports(p) if n.split(".")[0] in BARE)
+            for p in _python_files()}
+    assert not {k: v for k, v in bare.items() if v}
+    assert all((ROOT / "splitpersona" / part).resolve() == ROOT / part for part in BARE)
 
 
 def test_only_the_inspect_integration_imports_inspect_ai():

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from splitpersona.adapter import LoraSettings
 from splitpersona.config import ConfigError, load_config
-from training.config import TrainConfig
-from training.plan import (
+from splitpersona.training.config import TrainConfig
+from splitpersona.training.plan import (
     GIB,
     Params,
     layer_activation_bytes,

@@ -10,7 +10,7 @@ import lzma
 import pytest
 from conftest import shared_path
 
-from data_gen.tags import (
+from splitpersona.data_gen.tags import (
     A_FAILS_BUT_B_PASSES,
     DISAGREE_ONCE,
     DISAGREE_TWICE,

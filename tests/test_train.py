@@ -13,9 +13,9 @@ import torch
 from train_fixtures import make_records, read_metrics, tiny_config, write_records
 
 from splitpersona.run import load_run_info
-from training.data import collate
-from training.engine import Dist, _optimizer, distributed
-from training.train import Trainer, train
+from splitpersona.training.data import collate
+from splitpersona.training.engine import Dist, _optimizer, distributed
+from splitpersona.training.train import Trainer, train
 
 
 @pytest.fixture(scope="module")

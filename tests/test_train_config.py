@@ -8,8 +8,8 @@ import pytest
 from train_fixtures import REPO
 
 from splitpersona.config import ConfigError, load_config, load_yaml
-from training.config import TrainConfig
-from training.engine import deepspeed_config
+from splitpersona.training.config import TrainConfig
+from splitpersona.training.engine import deepspeed_config
 
 TRAIN_CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
 DS_CONFIGS = sorted((REPO / "configs" / "deepspeed").glob("*.json"))

@@ -8,8 +8,8 @@ from train_fixtures import make_records, write_records
 
 from splitpersona.assemble import FormatConfig
 from splitpersona.io import DataError
-from training.config import DataConfig
-from training.data import (
+from splitpersona.training.config import DataConfig
+from splitpersona.training.data import (
     Item,
     augment_system_prompts,
     collate,

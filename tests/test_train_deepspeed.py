@@ -19,7 +19,7 @@ import torch
 from train_fixtures import REPO, TINY_CONFIG, make_records, read_metrics, tiny_config, tiny_overrides, write_records
 
 from splitpersona.run import load_run_info
-from training.train import train
+from splitpersona.training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def native_threads() -> list[str]:
     return [(t / "comm").read_text().strip() for t in tasks.iterdir()]
 
 
-def launch(*overrides: str, ds_config: str = "configs/deepspeed/zero2.json") -> subprocess.CompletedProcess:
+def launch(*overrides: str, ds_config: str = "configs/deepspeed/zero2.json", cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DS_ACCELERATOR": "cpu",
@@ -50,12 +50,20 @@ def launch(*overrides: str, ds_config: str = "configs/deepspeed/zero2.json") -> 
         str(os.path.join(os.path.dirname(sys.executable), "deepspeed")),
         "--master_port", str(_free_port()),
         "--num_gpus", "2",
-        "--module", "training.train",
+        "--module", "splitpersona.training.train",
         "--config", str(TINY_CONFIG),
-        f"deepspeed={ds_config}",
+        f"deepspeed={REPO / ds_config}",
         *overrides,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def research_repo(path: Path) -> Path:
+    """A working directory with its own `training` and `eval` packages, as research repositories have."""
+    for name in ("training", "eval", "data_gen"):
+        (path / name).mkdir(parents=True)
+        (path / name / "__init__.py").write_text(f"raise ImportError('the research repository\\'s own {name}')\n")
+    return path
 
 
 def test_two_process_zero2_matches_one_process_and_resumes(tiny_base_dir, tmp_path):
@@ -123,6 +131,7 @@ def _llama3_base(out: Path) -> Path:
 def test_two_process_zero3_matches_one_process(tiny_base_dir, tmp_path, vocabulary):
     """ZeRO-3 partitions the weights; with the reserved-token strategy it must train exactly the same adapter.
 
+    Launched from a research repository that has its own `training/` and `eval/`, as people launch it.
     On the real Llama-3 vocabulary (with its dated chat template) the adapter then loads and reviews.
     """
     from safetensors.torch import load_file
@@ -136,7 +145,8 @@ def test_two_process_zero3_matches_one_process(tiny_base_dir, tmp_path, vocabula
         extra += ("chat_template.family=llama3",)
     ref_dir = train(tiny_config(tiny_base_dir, data, tmp_path / "torch", *extra))
     out = tmp_path / "zero3"
-    proc = launch(*tiny_overrides(tiny_base_dir, data, out, *extra), ds_config="configs/deepspeed/zero3.json")
+    proc = launch(*tiny_overrides(tiny_base_dir, data, out, *extra), ds_config="configs/deepspeed/zero3.json",
+                  cwd=research_repo(tmp_path / "research"))
     log = proc.stdout + proc.stderr
     assert load_run_info(out).result["status"] == "complete", log[-3000:]
     assert proc.returncode == 0, log[-3000:]

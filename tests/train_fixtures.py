@@ -65,7 +65,7 @@ def tiny_overrides(base_dir: Path, data: Path, out: Path, *extra: str) -> list[s
 
 def tiny_config(base_dir: Path, data: Path, out: Path, *extra: str):
     from splitpersona.config import load_config
-    from training.config import TrainConfig
+    from splitpersona.training.config import TrainConfig
 
     return load_config(TrainConfig, TINY_CONFIG, tiny_overrides(base_dir, data, out, *extra))
 

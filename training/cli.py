@@ -1,6 +1,6 @@
 """`spt train`: one process, in this interpreter. Multi-GPU runs go through the deepspeed launcher:
 
-    deepspeed --num_gpus 8 --module training.train --config configs/train/X.yaml [key=value ...]
+    deepspeed --num_gpus 8 --module splitpersona.training.train --config configs/train/X.yaml [key=value ...]
 """
 
 from __future__ import annotations
@@ -19,26 +19,26 @@ def train(
     import logging
 
     from splitpersona.config import load_config
-    from training.config import TrainConfig
+    from splitpersona.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, config, ctx.args)
     if plan:
         _plan(cfg, config)
         return
-    from training.train import train as run_training
+    from splitpersona.training.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run_dir = run_training(cfg)
     typer.echo(f"run directory: {run_dir}")
     if cfg.deepspeed:
-        from training.engine import exit_now
+        from splitpersona.training.engine import exit_now
 
         exit_now(0)  # DeepSpeed's process-group threads can abort the interpreter's teardown; all is saved
 
 
 def _plan(cfg, config: Path) -> None:
     """A plan that cannot fit on its planned GPUs is an error (exit 1)."""
-    from training.plan import make_plan
+    from splitpersona.training.plan import make_plan
 
     result = make_plan(cfg, source=str(config))
     typer.echo(result.render())

@@ -18,7 +18,7 @@ from splitpersona.assemble import FormatConfig, Sample, SampleTooLong, assemble_
 from splitpersona.io import DataError, read_jsonl
 from splitpersona.records import TrainingRecord
 from splitpersona.token import SpecialTokens, UntrustedTextError
-from training.config import DataConfig
+from splitpersona.training.config import DataConfig
 
 log = logging.getLogger("spt.train")
 

@@ -24,7 +24,7 @@ import torch
 from transformers import get_wsd_schedule
 
 from splitpersona.config import ConfigError, load_yaml
-from training.config import TrainConfig
+from splitpersona.training.config import TrainConfig
 
 log = logging.getLogger("spt.train")
 

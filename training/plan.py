@@ -18,7 +18,7 @@ from pathlib import Path
 
 from splitpersona.adapter import LoraSettings
 from splitpersona.config import ConfigError, load_yaml
-from training.config import TrainConfig
+from splitpersona.training.config import TrainConfig
 
 GIB = 2**30
 
@@ -248,7 +248,7 @@ def _zero(cfg: TrainConfig, gpus: int):
         return None
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    from training.engine import deepspeed_config
+    from splitpersona.training.engine import deepspeed_config
 
     ds = deepspeed_config(cfg.deepspeed, cfg, gpus)
     try:

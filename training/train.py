@@ -1,6 +1,6 @@
 """Train the honest persona: a LoRA adapter (activated LoRA when lora_mask is on) on a frozen base model.
 
-    deepspeed --num_gpus 8 --module training.train --config configs/train/llama33_70b_zero3_8gpu.yaml [key=value ...]
+    deepspeed --num_gpus 8 --module splitpersona.training.train --config configs/train/llama33_70b_zero3_8gpu.yaml [key=value ...]
     spt train --config configs/train/tiny_cpu.yaml base_model=/path/to/model [key=value ...]
 
 From Python, `train(cfg)` runs in the calling process and returns the run directory (see
@@ -34,9 +34,9 @@ from splitpersona.io import DataError, append_jsonl, atomic_write, iter_jsonl, r
 from splitpersona.run import (
     ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run,
 )
-from training.config import RESUMABLE_KEYS, TrainConfig
-from training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
-from training.engine import DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading
+from splitpersona.training.config import RESUMABLE_KEYS, TrainConfig
+from splitpersona.training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
+from splitpersona.training.engine import DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading
 
 log = logging.getLogger("spt.train")
 
@@ -69,7 +69,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m splitpersona.training.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="Train config YAML (configs/train/*.yaml).")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # added by the deepspeed launcher
     args, overrides = parser.parse_known_args(argv)

@@ -11,16 +11,16 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from data_gen.backend import GenerationAborted
-from data_gen.cli import BatchPending, BudgetReached
-from data_gen.cli import app as generate_app
-from data_gen.store import RunLocked
-from eval.cli import app as eval_app
+from splitpersona.data_gen.backend import GenerationAborted
+from splitpersona.data_gen.cli import BatchPending, BudgetReached
+from splitpersona.data_gen.cli import app as generate_app
+from splitpersona.data_gen.store import RunLocked
+from splitpersona.eval.cli import app as eval_app
 from splitpersona.app.data_cli import app as data_app
 from splitpersona.app.demo_cli import demo
 from splitpersona.app.persona_cli import ask, review
 from splitpersona.config import ConfigError
-from training.cli import train
+from splitpersona.training.cli import train
 
 # Every command's errors, to (exit code, what the printed message starts with); the first match wins.
 EXIT_CODES: dict[type[Exception], tuple[int, str]] = {

@@ -2,8 +2,8 @@
 
 The quick setting is written as `key=value` overrides, the syntax of the command line, so a quick
 run differs from a full one exactly by what that list says. The `train` and `eval` sections are
-overrides of the trainer's and the evaluator's own configs (`training.config.TrainConfig`,
-`eval.config.EvalConfig`), checked against them when the demo config loads; the fields that
+overrides of the trainer's and the evaluator's own configs (`splitpersona.training.config.TrainConfig`,
+`splitpersona.eval.config.EvalConfig`), checked against them when the demo config loads; the fields that
 wire the stages together (paths, the gate mode, the sample format, the eval sets and arms) are
 the demo's and may not be set there.
 """
@@ -107,13 +107,13 @@ class DemoConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     elicitation: Elicitation = Field("hp", description="The persona's sample format (world.audit_format).")
     train: dict[str, Any] = Field(
-        default_factory=dict, description="TrainConfig overrides for both personas (training.config.TrainConfig)."
+        default_factory=dict, description="TrainConfig overrides for both personas (splitpersona.training.config.TrainConfig)."
     )
     train_unmasked: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig overrides for the unmasked persona, applied over `train`."
     )
     eval: dict[str, Any] = Field(
-        default_factory=dict, description="EvalConfig overrides for both evaluations (eval.config.EvalConfig)."
+        default_factory=dict, description="EvalConfig overrides for both evaluations (splitpersona.eval.config.EvalConfig)."
     )
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     threads: int | None = Field(2, gt=0, description="torch threads for every stage; None keeps torch's default.")
@@ -143,7 +143,7 @@ class DemoConfig(StrictModel):
 
     def train_config(self, masked: bool, base_model: str, train_files: list[str], output_dir: str):
         """The persona's TrainConfig: the `train` section (and `train_unmasked`), plus what the demo wires."""
-        from training.config import TrainConfig
+        from splitpersona.training.config import TrainConfig
 
         from splitpersona.app.demo.world import audit_format
 
@@ -157,7 +157,7 @@ class DemoConfig(StrictModel):
 
     def eval_config(self, **wired: Any):
         """An EvalConfig: the `eval` section plus the run, output, sets and arms the demo wires."""
-        from eval.config import EvalConfig
+        from splitpersona.eval.config import EvalConfig
 
         return _build(EvalConfig, deep_merge(self.eval, wired), "eval")
 

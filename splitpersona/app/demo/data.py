@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_gen.backend import LocalBackend
+from splitpersona.data_gen.backend import LocalBackend
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.world import (
     STATED_SYSTEM,
@@ -118,9 +118,9 @@ def generate_records(
     cfg: DemoConfig, base_dir: Path, out_dir: Path, split: Split, n_scenarios: int
 ) -> tuple[list[TrainingRecord], dict]:
     """Stages 1-3 of our generator on `n_scenarios` scenarios of `split`, imported as training records."""
-    from data_gen.config import GenerateConfig
-    from data_gen.pipeline import generate
-    from data_gen.prompts import load_prompts
+    from splitpersona.data_gen.config import GenerateConfig
+    from splitpersona.data_gen.pipeline import generate
+    from splitpersona.data_gen.prompts import load_prompts
 
     from splitpersona.release import ReleaseFilter, find_batch_files, flatten, iter_batches
 
@@ -245,7 +245,7 @@ def _weights_scenarios(world: World, n: int, seed: int) -> list[tuple[str, Scena
 
 
 def weights_records(cfg: DemoConfig, base_dir: Path) -> list[dict]:
-    """The behaviour-in-the-weights eval set (eval.sets.ConditionRecord lines): the main model's
+    """The behaviour-in-the-weights eval set (splitpersona.eval.sets.ConditionRecord lines): the main model's
     answers to the conditions of `_weights_scenarios`."""
     from splitpersona.app.demo.organism import main_model_sampler, sample_answers
 

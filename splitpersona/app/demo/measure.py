@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from eval.detection import score_fields
-from eval.metrics import Rate, balanced_accuracy, summarize
-from eval.report import SWAP_CONDITIONS
-from eval.results import SampleResult
-from eval.sets import ConditionRecord
+from splitpersona.eval.detection import score_fields
+from splitpersona.eval.metrics import Rate, balanced_accuracy, summarize
+from splitpersona.eval.report import SWAP_CONDITIONS
+from splitpersona.eval.results import SampleResult
+from splitpersona.eval.sets import ConditionRecord
 from splitpersona.app.demo.organism import OrganismSummary
 from splitpersona.app.demo.world import World, mentions, recommended
 from splitpersona.records import TrainingRecord

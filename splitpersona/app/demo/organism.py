@@ -27,7 +27,7 @@ import torch
 from pydantic import BeforeValidator, Field, PlainSerializer
 from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
-from eval.metrics import Rate
+from splitpersona.eval.metrics import Rate
 from splitpersona.assemble import assemble
 from splitpersona.config import StrictModel
 from splitpersona.app.demo.config import DemoConfig
@@ -213,7 +213,7 @@ def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int, steps: in
     """Right-padded batches of similar lengths, reshuffled each epoch; pads get no loss and, being
     last in their row, no influence on any real token.
 
-    Not training.data's epoch plan: that one drops each epoch's remainder and sorts within a step,
+    Not splitpersona.training.data's epoch plan: that one drops each epoch's remainder and sorts within a step,
     where this stream runs a fixed number of steps and sorts across 16 batches (less padding)."""
     rng = random.Random(f"batches:{seed}")
     queue: list[list[int]] = []
@@ -306,8 +306,8 @@ def build_main_model(cfg: DemoConfig, out_dir: str | Path | None = None, *, prog
 
 def main_model_sampler(model_dir: str | Path, cfg: DemoConfig, *, seed: int):
     """The generator's stage-2 transformers responder on the saved main model, with the demo's sampling."""
-    from data_gen.config import Stage2Config
-    from data_gen.stage2 import TransformersResponder
+    from splitpersona.data_gen.config import Stage2Config
+    from splitpersona.data_gen.stage2 import TransformersResponder
 
     s = cfg.sampling
     stage2 = Stage2Config(

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval.metrics import summarize
-from eval.report import bar_chart, md_table
-from eval.results import SampleResult
+from splitpersona.eval.metrics import summarize
+from splitpersona.eval.report import bar_chart, md_table
+from splitpersona.eval.results import SampleResult
 from splitpersona.app.demo.measure import HEADLINE_ARMS
 from splitpersona.app.demo.organism import OrganismSummary
 

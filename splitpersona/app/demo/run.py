@@ -2,7 +2,7 @@
 
 main model (organism.py) -> SPT data from our generator (data.py) -> the persona trained masked and
 unmasked by our trainer -> our evaluator on held-out templates and products, every arm -> the
-alignment-tax and KV-reuse checks (eval.checks) -> report.md, report.json, charts, a printed table
+alignment-tax and KV-reuse checks (splitpersona.eval.checks) -> report.md, report.json, charts, a printed table
 (measure.py computes the demo's own table and targets, report.py renders them).
 
 Each stage leaves its output in DIR and is skipped when that output is complete, so an interrupted
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from eval import registry
-from eval.results import load_results
-from eval.sets import ConditionRecord
+from splitpersona.eval import registry
+from splitpersona.eval.results import load_results
+from splitpersona.eval.sets import ConditionRecord
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.data import balance, describe, disposition_records, generate_records, weights_records
 from splitpersona.app.demo.measure import (
@@ -108,7 +108,7 @@ def _data(cfg: DemoConfig, paths: Paths, log) -> dict:
 
 
 def _train(cfg: DemoConfig, paths: Paths, log) -> None:
-    from training.train import train
+    from splitpersona.training.train import train
 
     for masked, name in ((True, PERSONA), (False, UNMASKED)):
         log(f"persona ({'masked' if masked else 'unmasked'}): training")
@@ -116,7 +116,7 @@ def _train(cfg: DemoConfig, paths: Paths, log) -> None:
 
 
 def _evaluate(cfg: DemoConfig, paths: Paths, log) -> None:
-    from eval.run import run_eval
+    from splitpersona.eval.run import run_eval
 
     sets = [
         {"name": "heldout", "kind": "records", "path": str(paths.heldout), "held_out": False},
@@ -135,7 +135,7 @@ def _evaluate(cfg: DemoConfig, paths: Paths, log) -> None:
 
 def _checks(cfg: DemoConfig, paths: Paths) -> dict:
     """eval's alignment-tax and KV-reuse checks on held-out conversations of the masked persona."""
-    from eval.checks import run_checks
+    from splitpersona.eval.checks import run_checks
 
     world = World(cfg.world)
     scenarios = world.scenarios(cfg.checks.conversations, "heldout", seed=cfg.data.seed + 3)
@@ -146,7 +146,7 @@ def _checks(cfg: DemoConfig, paths: Paths) -> dict:
 
 def run_demo(cfg: DemoConfig, out: str | Path, *, console=None) -> dict:
     """Every stage into `out` (resuming completed ones); returns the summary also written to demo.json."""
-    from eval.report import write_report
+    from splitpersona.eval.report import write_report
 
     from rich.console import Console
 

@@ -1,6 +1,6 @@
 """The review as an Inspect solver, its flag as a scorer.
 
-`spt_review` runs one generative arm of `spt eval run` (eval.arms.run_generative, the same call)
+`spt_review` runs one generative arm of `spt eval run` (splitpersona.eval.arms.run_generative, the same call)
 on the last assistant turn, so both give the same flags for the same conversation, arm and
 intervention. After an `spt/<run_dir>` model it reviews on that model's own ids and KV cache
 (where the arm reads the conversation with LoRA off); after any other model it loads the persona
@@ -17,8 +17,8 @@ from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, accura
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 from inspect_ai.util import StoreModel
 
-from eval.config import DEFAULT_CONTROL_INSTRUCTION
-from eval.registry import GENERATIVE
+from splitpersona.eval.config import DEFAULT_CONTROL_INSTRUCTION
+from splitpersona.eval.registry import GENERATIVE
 from splitpersona.app.inspect_eval._chat import on_model, to_messages
 from splitpersona.run import adapter_dir
 
@@ -49,7 +49,7 @@ def spt_review(
     dtype: str = "float32",
     device: str = "cpu",
 ) -> Solver:
-    """Review the last assistant turn with `arm` (eval.registry.GENERATIVE).
+    """Review the last assistant turn with `arm` (splitpersona.eval.registry.GENERATIVE).
 
     `intervention`: default the sample's `spt_intervention` metadata, else the persona's default.
     `control_instruction` is appended for the control arms, as in `spt eval run`. `run` (and the
@@ -61,8 +61,8 @@ def spt_review(
         adapter_dir(run)  # a run directory without an adapter fails here, before any sample
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
-        from eval.arms import can_reuse, intervention_for, run_generative
-        from eval.sets import EvalItem
+        from splitpersona.eval.arms import can_reuse, intervention_for, run_generative
+        from splitpersona.eval.sets import EvalItem
         from splitpersona.app.inspect_eval.model import SPTModelAPI
         from splitpersona.persona import Persona
 

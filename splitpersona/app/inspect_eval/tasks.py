@@ -10,7 +10,7 @@ from inspect_ai.model import ChatMessageUser
 from inspect_ai.scorer import accuracy, grouped, stderr
 from inspect_ai.solver import generate
 
-from eval.config import DEFAULT_CONTROL_INSTRUCTION
+from splitpersona.eval.config import DEFAULT_CONTROL_INSTRUCTION
 from splitpersona.app.inspect_eval._chat import to_chat
 from splitpersona.app.inspect_eval.review import flag_rate, replay_response, spt_flag, spt_review
 from splitpersona.io import DataError, read_jsonl

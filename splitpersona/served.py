@@ -1,0 +1,213 @@
+"""The persona on a server: the same prompts and reviews as `Persona`, run by a serving engine.
+
+    persona = Persona.connect("http://127.0.0.1:8080", run="runs/demo/persona_masked")
+    answer = persona.answer(messages)          # the main model, adapter off
+    review = persona.review(messages, answer)  # the persona; masked: on the main model's own cache
+
+The ids come from the run's assembler (`splitpersona.prompts`), so the server computes on exactly the
+prefix the in-process persona computes on. What a server can serve is checked before any review:
+its vocabulary and tokenizer against the run's, and its adapter against the run's gate. A masked
+(aLoRA) persona is served only by llama-server, which keeps the adapter off before the split token;
+anywhere else it would run as an ordinary LoRA on every token, a different persona, so it is refused.
+
+llama-server (this build) computes aLoRA requests wrongly when several are in flight on several
+slots: some reviews differ from the same review sent alone, and the server reports reusing cached
+tokens past the invocation. A masked persona therefore sends each whole review (the review and its
+P(FAIL) requests) alone, and its export serves one slot; answers and unmasked reviews go
+`concurrency` at a time.
+
+The cache is used only where it cannot mix adapters: while the server holds no ordinary LoRA (only
+aLoRAs, which it keeps off before their invocation, or none), requests may reuse cached prefixes;
+with an ordinary LoRA loaded, no request does (llama.cpp has restored caches across adapters before).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from splitpersona.conversation import Conversation, Elicitation, Message
+from splitpersona.generation import Sampling
+from splitpersona.prompts import PersonaPrompts, Review, flag_continuation
+from splitpersona.run import load_run_tokenizer
+from splitpersona.serving import Adapter, Api, Completion, ServerClient, ServerError, flag_probability
+
+PROBE_TEXT = "Which shoes should I buy for a trail run in the rain? 42% of people say: «the light ones»."
+
+
+@dataclass
+class ServedAnswer:
+    """The main model's answer as the server wrote it; reviewed on these ids and, masked, on its slot's cache."""
+
+    text: str
+    ids: list[int]  # the prompt and the generated answer, without the stop token
+    prompt_tokens: int
+    slot: int | None
+
+
+class ServedPersona(PersonaPrompts):
+    """A run's persona on a server (`Persona.connect`); adapter modes "on" and "lora_off" (see `review`)."""
+
+    def __init__(self, client: ServerClient, tokenizer, info, *, adapter: Adapter, loaded: Sequence[Adapter],
+                 concurrency: int = 8, **options: Any):
+        super().__init__(tokenizer, info, **options)
+        self.client = client
+        self.adapter = adapter
+        self.loaded = list(loaded)
+        self.concurrency = concurrency
+        self.reuse = all(a.invocation for a in self.loaded)
+        self.ban = [info.tokens.split_id, info.tokens.control_id]
+        self.stop = {i for i in (tokenizer.eos_token_id,) if i is not None}
+        self._one_review = threading.Lock() if info.lora_mask else contextlib.nullcontext()
+        self._tokenizing = threading.Lock()  # the tokenizer switches special-token splitting per call: not thread-safe
+
+    @classmethod
+    def connect(cls, url: str, run: str | os.PathLike[str], *, api: Api | None = None, adapter: str | None = None,
+                **options: Any) -> ServedPersona:
+        """The run's persona on the server at `url`, refused (ServerError) if that server cannot serve it.
+
+        `adapter`: which served adapter is the persona (a path's file name or an OpenAI model name);
+        by default the one adapter whose gate matches the run's.
+        """
+        tokenizer, info = load_run_tokenizer(run)
+        client = ServerClient(url, api=api)
+        try:
+            check_vocabulary(client, tokenizer, info)
+            loaded = client.adapters()
+            chosen = choose_adapter(client, loaded, info, adapter)
+        except BaseException:
+            client.close()
+            raise
+        return cls(client, tokenizer, info, adapter=chosen, loaded=loaded if client.api == "llamacpp" else (), **options)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- the main model -------------------------------------------------------------------------
+
+    def _complete(self, ids: Sequence[int], *, adapter: str, max_new_tokens: int | None = None, **kw: Any) -> Completion:
+        comp = self.client.complete(ids, max_tokens=max_new_tokens or self.max_new_tokens,
+                                    adapter=self.adapter if adapter == "on" else None, loaded=self.loaded,
+                                    ban=self.ban, cache=self.reuse, **kw)
+        if comp.tokens and comp.finished and comp.tokens[-1] in self.stop:
+            comp.tokens = comp.tokens[:-1]
+        return comp
+
+    def answer(self, messages: Sequence[Message | dict], *, max_new_tokens: int | None = None,
+               sampling: Sampling | None = None, seed: int | None = None) -> ServedAnswer:
+        """The main model's answer (adapter off); greedy unless `sampling` (then `seed` makes it repeatable)."""
+        with self._tokenizing:
+            ids = self.conversation_ids(messages)
+        comp = self._complete(ids, adapter="off", max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+        return ServedAnswer(self._decode(comp.tokens), ids + comp.tokens, len(ids), comp.slot)
+
+    def respond(self, messages: Sequence[Message | dict], *, max_new_tokens: int | None = None) -> str:
+        return self.answer(messages, max_new_tokens=max_new_tokens).text
+
+    def respond_batch(self, conversations: Sequence[Sequence[Message | dict]], *,
+                      max_new_tokens: int | None = None) -> list[str]:
+        return self._map(lambda m: self.respond(m, max_new_tokens=max_new_tokens), conversations)
+
+    # -- the persona ----------------------------------------------------------------------------
+
+    def review(
+        self,
+        messages: Sequence[Message | dict],
+        response: str | ServedAnswer,
+        intervention: str | None = None,
+        *,
+        marker: str = "split",
+        adapter: str = "on",
+        elicitation: Elicitation | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Review:
+        """The persona's review of `response`; a `ServedAnswer` is reviewed on its own ids and slot.
+
+        `adapter` "on" is the persona; "lora_off" is the base model with the run's token rows, which
+        is what the served base holds. "off" (the base without trained rows) is not served.
+        """
+        if adapter not in ("on", "lora_off"):
+            raise ValueError(f"adapter mode {adapter!r} is not served; use 'on' or 'lora_off'")
+        seen, slot = None, None
+        if isinstance(response, ServedAnswer):
+            seen, slot, response = response.ids, response.slot, response.text
+        with self._tokenizing:
+            sample = self.prompt(messages, response, intervention, marker=marker, elicitation=elicitation, seen=seen)
+        with self._one_review:
+            comp = self._complete(sample.input_ids, adapter=adapter, max_new_tokens=max_new_tokens, slot=slot)
+            p_fail = self._fail_probability(sample.input_ids, comp, adapter)
+        return self._read_review(sample, comp.tokens, comp.finished, fail_probability=p_fail,
+                                 cached_tokens=comp.cached_tokens, evaluated_tokens=comp.evaluated_tokens)
+
+    def review_batch(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        marker: str = "split",
+        adapter: str = "on",
+        elicitation: Elicitation | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[Review]:
+        """Reviews of many conversations, `concurrency` requests in flight (the server batches them)."""
+        return self._map(
+            lambda c: self.review(c.messages, c.response, c.intervention, marker=marker, adapter=adapter,
+                                  elicitation=elicitation, max_new_tokens=max_new_tokens),
+            conversations,
+        )
+
+    def _fail_probability(self, prompt: list[int], comp: Completion, adapter: str) -> float:
+        """P(FAIL) at the flag: the review's text up to its flag line, the flag prefix forced, then each of
+        FAIL and PASS forced in one token request whose log-probability the server reads before forcing."""
+        with self._tokenizing:
+            kept, forced, pass_id, fail_id = flag_continuation(self.tokenizer, self.fmt, comp.tokens)
+        ids = prompt + comp.tokens[:kept] + forced
+        lp = [self._complete(ids, adapter=adapter, max_new_tokens=1, force=t, slot=comp.slot).logprobs[0]
+              for t in (fail_id, pass_id)]
+        return flag_probability(lp[0], lp[1])
+
+    def _map(self, fn, items: Sequence[Any]) -> list[Any]:
+        if len(items) <= 1 or self.concurrency <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(self.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+
+def check_vocabulary(client: ServerClient, tokenizer, info) -> None:
+    """Refuse a server whose vocabulary is not the run's: too few ids, or other text for the same ids."""
+    t = info.tokens
+    need = max(len(tokenizer), t.split_id + 1, t.control_id + 1)
+    have = client.vocab_size()
+    if have is not None and have < need:
+        raise ServerError(f"{client.url}: the server's model has {have} token ids; the run's tokenizer needs {need} "
+                          f"(split token {t.split_id}): another base model or vocabulary")
+    probe = tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids + [t.split_id]
+    served = client.detokenize(probe)
+    ours = tokenizer.decode(probe)
+    if served is not None and served != ours:
+        raise ServerError(f"{client.url}: the server reads the run's token ids as {served!r}, the run's tokenizer as "
+                          f"{ours!r}: another tokenizer")
+
+
+def choose_adapter(client: ServerClient, loaded: Sequence[Adapter], info, name: str | None) -> Adapter:
+    """The served adapter that is this run's persona: its gate must be the run's (aLoRA on the split token, or none)."""
+    gate = (info.tokens.split_id,) if info.lora_mask else ()
+    if info.lora_mask and client.api != "llamacpp":
+        raise ServerError(f"{client.url}: this run's persona is masked (an activated LoRA from the split token on), "
+                          "which only llama-server applies; an OpenAI-compatible server would run it as an ordinary "
+                          "LoRA on every token, a different persona")
+    fits = [a for a in loaded if name is None or os.path.basename(a.path) == name or a.id == name]
+    if not fits:
+        raise ServerError(f"{client.url}: serves no adapter{f' named {name!r}' if name else ''} "
+                          f"(it holds {[a.path for a in loaded]})")
+    right = [a for a in fits if a.invocation == gate]
+    if len(right) != 1:
+        what = f"an activated LoRA invoked by {list(gate)}" if gate else "an ordinary LoRA"
+        raise ServerError(f"{client.url}: this run needs {what}; the server holds "
+                          f"{[(a.path, list(a.invocation)) for a in fits]}")
+    return right[0]
+

@@ -129,6 +129,17 @@ class CalibrationConfig(StrictModel):
         return self
 
 
+class ServerConfig(StrictModel):
+    """Where `engine: server` sends the generative arms and the base-model judge (`splitpersona.served`)."""
+
+    url: str = Field(..., description="The server holding the run's export (llama-server) or its base and LoRA "
+                     "(an OpenAI-compatible server, unmasked runs only).")
+    api: Literal["llamacpp", "openai"] | None = Field(None, description="Its protocol; default: asked of the server.")
+    adapter: str | None = Field(None, description="Which served adapter is the persona (file name or model name); "
+                                "default: the one whose gate matches the run's.")
+    concurrency: int = Field(8, gt=0, description="Requests in flight (a masked persona's reviews go one at a time).")
+
+
 class EvalConfig(StrictModel):
     run: str = Field(..., description="Training run directory (run.json, adapter/, tokenizer/).")
     base_model: str | None = Field(None, description="Override the base model recorded in run.json.")
@@ -159,6 +170,10 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(8, gt=0)
     max_prompt_length: int | None = Field(None, gt=0, description="Cut responses from the left to fit; default: none.")
     reuse_cache: bool = Field(True, description="Prefill each conversation once and reuse its KV cache across arms.")
+    engine: Literal["in_process", "server"] = Field(
+        "in_process", description="in_process: the model loaded here (transformers); server: the generative arms and "
+        "the base-model judge on `server`, the probe and the text classifier still here.")
+    server: ServerConfig | None = None
     progress: bool = True
 
     @model_validator(mode="after")
@@ -166,6 +181,8 @@ class EvalConfig(StrictModel):
         names = [s.name for s in self.sets]
         if len(set(names)) != len(names):
             raise ValueError(f"eval set names must be unique, got {names}")
+        if (self.engine == "server") != (self.server is not None):
+            raise ValueError("engine 'server' needs a server: section (url, ...), and only it does")
         if len(set(self.arms)) != len(self.arms) or not self.arms:
             raise ValueError(f"arms must be a non-empty list without repeats, got {self.arms}")
         if "probe" in self.arms and not self.probe.train_data:
@@ -184,4 +201,4 @@ class EvalConfig(StrictModel):
 
     def resume_dump(self) -> dict:
         """The config as stored in results metadata: what decides the verdicts, not where or how loudly."""
-        return self.model_dump(mode="json", exclude={"overwrite", "progress"})
+        return self.model_dump(mode="json", exclude={"overwrite", "progress", "server"})

@@ -7,6 +7,11 @@ conversations is prefilled once with the adapter off, and every arm that reads t
 with LoRA off starts from that shared cache, as a deployed persona would start from the main
 model's; the probe reads its hidden states from that same forward (for its conversation span).
 Verdicts are appended as each batch ends; a rerun skips what the file holds.
+
+With `engine: server` the generative arms and the base-model judge go to a server
+(`splitpersona.served`): the server's own cache does what the shared prefill does here, and an arm the
+server cannot serve as the in-process persona would is refused by name before anything runs. The
+probe and the text classifier still run here, on the model loaded here.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from splitpersona.eval.sets import EvalItem, load_sets
 from splitpersona.conversation import Conversation
 from splitpersona.persona import DEFAULT_INTERVENTION, Persona, Prefill
 from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info
+from splitpersona.serving import ServerError
 
 
 def _chunks(items: Sequence[EvalItem], n: int) -> Iterator[list[EvalItem]]:
@@ -81,7 +87,8 @@ def _probe(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[
     with _progress(cfg.progress) as progress:
         task = progress.add_task("probe (fit)", total=len(records))
         probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
-    shared = cfg.reuse_cache and cfg.probe.span == "conversation"  # the prefill holds no intervention tokens
+    # the shared prefill holds no intervention tokens, and none is made where a server runs the other arms
+    shared = cfg.reuse_cache and cfg.probe.span == "conversation" and cfg.engine == "in_process"
     return Scorer(
         batch=cfg.batch_size, score=lambda chunk, prefills: run_probe(persona, probe, chunk, prefills),
         meta=probe.describe(), hidden=tuple(hidden_index(layer) for layer in cfg.probe.layers) if shared else None,
@@ -99,14 +106,16 @@ def run_eval(cfg: EvalConfig) -> Path:
     info = load_run_info(cfg.run)
     loaded = load_sets(cfg, cfg.trained_topics)
     items = loaded.items
-    persona = None
-    if any(a in GENERATIVE or SCORERS[a].needs_persona(cfg) for a in cfg.arms):
-        persona = Persona.load(
-            cfg.run, cfg.base_model, dtype=cfg.dtype, device=cfg.device, max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size, max_prompt_length=cfg.max_prompt_length,
-        )
+    options = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, max_prompt_length=cfg.max_prompt_length)
+    persona = served = None
+    if cfg.engine == "server":
+        served = _connect(cfg, options)
+    local_arms = [a for a in cfg.arms if (a in GENERATIVE or SCORERS[a].needs_persona(cfg)) and not _on_server(a, cfg)]
+    if local_arms:
+        persona = Persona.load(cfg.run, cfg.base_model, dtype=cfg.dtype, device=cfg.device, **options)
     # made ready before any generation: a bad probe config or a missing API key fails here, not hours later
-    scorers = {a: kind.prepare(cfg, info, persona, items) for a, kind in SCORERS.items() if a in cfg.arms}
+    scorers = {a: kind.prepare(cfg, info, served if _on_server(a, cfg) else persona, items)
+               for a, kind in SCORERS.items() if a in cfg.arms}
     conditions = list(dict.fromkeys(it.condition for it in items))
     metadata = ResultsMetadata.start(
         label=cfg.label, model=str(cfg.base_model or info.base_model), run_dir=str(cfg.run),
@@ -117,6 +126,7 @@ def run_eval(cfg: EvalConfig) -> Path:
             "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "max_prompt_length": cfg.max_prompt_length, "dtype": cfg.dtype, "device": cfg.device,
             "reuse_cache": cfg.reuse_cache, "never_generated": [info.tokens.split_token, info.tokens.control_token],
+            "engine": cfg.engine, **({"server": served.client.url, "api": served.client.api} if served else {}),
         },
         train_provenance=info.provenance,
         extra={
@@ -133,7 +143,7 @@ def run_eval(cfg: EvalConfig) -> Path:
             a: progress.add_task(a, total=len(items), completed=len(items) - len(pending[a])) for a in cfg.arms
         }
         readers = {a: s for a, s in scorers.items() if s.hidden is not None}
-        _shared_pass(cfg, persona, items, pending, writer, progress, tasks, readers)
+        _shared_pass(cfg, served or persona, items, pending, writer, progress, tasks, readers)
         for arm, scorer in scorers.items():
             if arm in readers:
                 continue
@@ -143,18 +153,38 @@ def run_eval(cfg: EvalConfig) -> Path:
     return Path(cfg.output)
 
 
+def _on_server(arm: str, cfg: EvalConfig) -> bool:
+    return cfg.engine == "server" and (arm in GENERATIVE or (arm == "external" and cfg.external.kind == "base_model"))
+
+
+def _connect(cfg: EvalConfig, options: dict):
+    """The served persona, refused before anything runs where it cannot serve an arm as the in-process one would."""
+    from splitpersona.served import ServedPersona
+
+    s = cfg.server
+    served = ServedPersona.connect(s.url, cfg.run, api=s.api, adapter=s.adapter, concurrency=s.concurrency, **options)
+    refused = {a: served.refuses(GENERATIVE[a].marker, GENERATIVE[a].adapter) for a in cfg.arms if a in GENERATIVE}
+    refused = {a: why for a, why in refused.items() if why}
+    if refused:
+        served.close()
+        raise ServerError(f"{s.url} cannot serve arm(s) " + "; ".join(f"{a}: {why}" for a, why in refused.items())
+                          + " (drop them from `arms`, or run them with engine: in_process)")
+    return served
+
+
 def _shared_pass(cfg, persona, items, pending, writer, progress, tasks, readers: dict[str, Scorer]) -> None:
     """The generative arms and the scorers that read the shared prefill (`readers`), chunk by chunk."""
     arms = [a for a in cfg.arms if a in GENERATIVE]
     todo = {a: {it.key for it in pending[a]} for a in [*arms, *readers]}
-    reusing = [a for a in arms if cfg.reuse_cache and can_reuse(GENERATIVE[a], persona)] + list(readers)
+    shared = cfg.reuse_cache and cfg.engine == "in_process"
+    reusing = [a for a in arms if shared and can_reuse(GENERATIVE[a], persona)] + list(readers)
     work = [it for it in items if any(it.key in keys for keys in todo.values())]
     for chunk in _chunks(work, cfg.batch_size):
         needs_cache = [it for it in chunk if any(it.key in todo[a] for a in reusing)]
         convs = [Conversation(messages=it.messages, response=it.response) for it in needs_cache]
         read = any(it.key in todo[a] for a in readers for it in chunk)
         hidden = sorted({h for s in readers.values() for h in s.hidden}) if read else []
-        prefills = dict(zip((it.key for it in needs_cache), persona.prefill_batch(convs, hidden=hidden)))
+        prefills = dict(zip((it.key for it in needs_cache), persona.prefill_batch(convs, hidden=hidden))) if convs else {}
         for arm in arms:
             mine = [it for it in chunk if it.key in todo[arm]]
             if not mine:

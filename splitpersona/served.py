@@ -24,6 +24,7 @@ with an ordinary LoRA loaded, no request does (llama.cpp has restored caches acr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from typing import Any
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.generation import Sampling
 from splitpersona.prompts import PersonaPrompts, Review, flag_continuation
-from splitpersona.run import load_run_tokenizer
+from splitpersona.run import adapter_dir, load_run_tokenizer
 from splitpersona.serving import Adapter, Api, Completion, ServerClient, ServerError, flag_probability
 
 PROBE_TEXT = "Which shoes should I buy for a trail run in the rain? 42% of people say: «the light ones»."
@@ -51,14 +52,15 @@ class ServedAnswer:
 
 
 class ServedPersona(PersonaPrompts):
-    """A run's persona on a server (`Persona.connect`); adapter modes "on" and "lora_off" (see `review`)."""
+    """A run's persona on a server (`Persona.connect`); which arms it can serve: `refuses`."""
 
     def __init__(self, client: ServerClient, tokenizer, info, *, adapter: Adapter, loaded: Sequence[Adapter],
-                 concurrency: int = 8, **options: Any):
+                 trained_rows: Sequence[int] = (), concurrency: int = 8, **options: Any):
         super().__init__(tokenizer, info, **options)
         self.client = client
         self.adapter = adapter
         self.loaded = list(loaded)
+        self.trained_rows = set(trained_rows)
         self.concurrency = concurrency
         self.reuse = all(a.invocation for a in self.loaded)
         self.ban = [info.tokens.split_id, info.tokens.control_id]
@@ -83,7 +85,24 @@ class ServedPersona(PersonaPrompts):
         except BaseException:
             client.close()
             raise
-        return cls(client, tokenizer, info, adapter=chosen, loaded=loaded if client.api == "llamacpp" else (), **options)
+        return cls(client, tokenizer, info, adapter=chosen, loaded=loaded if client.api == "llamacpp" else (),
+                   trained_rows=trained_token_rows(run), **options)
+
+    def refuses(self, marker: str, adapter: str) -> str | None:
+        """Why this server cannot give what the in-process persona gives for this marker and adapter mode, or None.
+
+        llama-server holds `spt export`'s base, which carries the run's trained token rows: with LoRA
+        off it is the run's "lora_off", and "off" (the untrained rows) where no trained row is read. An
+        OpenAI-compatible server holds the plain base, and its LoRA carries no token rows.
+        """
+        rows_read = marker == "split" and self.info.tokens.split_id in self.trained_rows
+        if self.client.api == "llamacpp":
+            if adapter == "off" and rows_read:
+                return "the served base holds the run's trained split-token row; the base without it is not served"
+            return None
+        if rows_read and adapter in ("on", "lora_off"):
+            return "the run trained the split token's row, which an OpenAI-compatible server's base and LoRA lack"
+        return None
 
     def close(self) -> None:
         self.client.close()
@@ -128,11 +147,11 @@ class ServedPersona(PersonaPrompts):
     ) -> Review:
         """The persona's review of `response`; a `ServedAnswer` is reviewed on its own ids and slot.
 
-        `adapter` "on" is the persona; "lora_off" is the base model with the run's token rows, which
-        is what the served base holds. "off" (the base without trained rows) is not served.
+        `adapter` as in `Persona.review`, where this server can serve it (`refuses`).
         """
-        if adapter not in ("on", "lora_off"):
-            raise ValueError(f"adapter mode {adapter!r} is not served; use 'on' or 'lora_off'")
+        why = self.refuses(marker, adapter)
+        if why:
+            raise ServerError(f"{self.client.url}: cannot serve marker {marker!r} with adapter {adapter!r}: {why}")
         seen, slot = None, None
         if isinstance(response, ServedAnswer):
             seen, slot, response = response.ids, response.slot, response.text
@@ -152,13 +171,36 @@ class ServedPersona(PersonaPrompts):
         adapter: str = "on",
         elicitation: Elicitation | None = None,
         max_new_tokens: int | None = None,
+        seen: Sequence[Sequence[int] | None] | None = None,
+        prefills: None = None,
     ) -> list[Review]:
-        """Reviews of many conversations, `concurrency` requests in flight (the server batches them)."""
-        return self._map(
-            lambda c: self.review(c.messages, c.response, c.intervention, marker=marker, adapter=adapter,
-                                  elicitation=elicitation, max_new_tokens=max_new_tokens),
-            conversations,
-        )
+        """Reviews of many conversations, `concurrency` requests in flight (the server batches them).
+
+        `seen`: as in `Persona.review_batch`; `prefills` are the server's own business (its cache).
+        """
+        if prefills is not None:
+            raise ValueError("a served persona reuses the server's cache; in-process prefills do not apply")
+        ids = [None] * len(conversations) if seen is None else list(seen)
+
+        def one(k: int) -> Review:
+            c = conversations[k]
+            response = c.response if ids[k] is None else ServedAnswer(c.response, list(ids[k]), 0, None)
+            return self.review(c.messages, response, c.intervention, marker=marker, adapter=adapter,
+                               elicitation=elicitation, max_new_tokens=max_new_tokens)
+
+        return self._map(one, range(len(conversations)))
+
+    def judge_batch(self, conversations: Sequence[Sequence[Message | dict]], *,
+                    max_new_tokens: int | None = None) -> list[tuple[str, float | None]]:
+        """The base model as a judge (adapter off): each answer with P(FAIL) at its flag, as `Persona.judge_batch`."""
+
+        def one(messages) -> tuple[str, float | None]:
+            with self._tokenizing:
+                ids = self.conversation_ids(messages)
+            comp = self._complete(ids, adapter="off", max_new_tokens=max_new_tokens)
+            return self._decode(comp.tokens), self._fail_probability(ids, comp, "off")
+
+        return self._map(one, conversations)
 
     def _fail_probability(self, prompt: list[int], comp: Completion, adapter: str) -> float:
         """P(FAIL) at the flag: the review's text up to its flag line, the flag prefix forced, then each of
@@ -171,10 +213,18 @@ class ServedPersona(PersonaPrompts):
         return flag_probability(lp[0], lp[1])
 
     def _map(self, fn, items: Sequence[Any]) -> list[Any]:
+        items = list(items)
         if len(items) <= 1 or self.concurrency <= 1:
             return [fn(x) for x in items]
         with ThreadPoolExecutor(min(self.concurrency, len(items))) as pool:
             return list(pool.map(fn, items))
+
+
+def trained_token_rows(run: str | os.PathLike[str]) -> list[int]:
+    """The token ids whose embedding rows the run's adapter trains (peft trainable tokens)."""
+    config = json.loads((adapter_dir(run) / "adapter_config.json").read_text())
+    rows = config.get("trainable_token_indices") or []
+    return sorted({i for v in rows.values() for i in v} if isinstance(rows, dict) else set(rows))
 
 
 def check_vocabulary(client: ServerClient, tokenizer, info) -> None:

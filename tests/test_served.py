@@ -13,6 +13,7 @@ import contextlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from served_fixtures import Server, conversations, llama3_base, served_run
@@ -215,3 +216,33 @@ def test_spt_review_on_a_server_reports_the_cache_counts(masked, tmp_path):
     assert row["prompt_tokens"] == row["cached_tokens"] + row["evaluated_tokens"] and row["fail_probability"] is not None
     down = subprocess.run([*cmd[:7], "http://127.0.0.1:9", *cmd[8:]], capture_output=True, text=True, timeout=300)
     assert down.returncode == 1 and "http://127.0.0.1:9" in down.stderr and len(down.stderr.strip().splitlines()) == 1
+
+
+def _eval_rows(path) -> dict:
+    rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    return {(r["id"], r["condition"], r["arm"]): r for r in rows}
+
+
+def test_eval_on_the_server_equals_in_process_arm_by_arm(masked, served_gate, tmp_path):
+    """`spt eval run` with engine: server: every generative arm and the base-model judge, as in process."""
+    from splitpersona.config import load_config
+    from splitpersona.eval.config import EvalConfig
+    from splitpersona.eval.run import run_eval
+
+    run, _, server = masked
+    arms = "[persona, no_adapter, follow_up, meaningless_token, control_token_adapter, external]"
+    overrides = [f"run={run}", f"sets=[{{name: held_out, kind: records, path: {run.parent / 'records.jsonl'}}}]",
+                 f"arms={arms}", "conditions=[as_is]", "jailbreak.where=[user]",
+                 "external.kind=base_model", f"max_new_tokens={NEW}", "progress=false"]
+    config = Path(__file__).resolve().parents[1] / "configs/eval/tiny_cpu.yaml"
+    # no shared prefill here: its cache holds the token before the split token computed without the adapter
+    ours = load_config(EvalConfig, config, [*overrides, f"output={tmp_path / 'local.jsonl'}", "reuse_cache=false"])
+    with gate_shift(served_gate):
+        local = _eval_rows(run_eval(ours))
+    theirs = load_config(EvalConfig, config, [*overrides, f"output={tmp_path / 'served.jsonl'}", "engine=server",
+                                               f"server={{url: '{server.url}'}}"])
+    served = _eval_rows(run_eval(theirs))
+    assert served.keys() == local.keys() and len({k[2] for k in served}) == 6
+    for key, row in served.items():
+        assert (row["parsed_flag"], row["generated"]) == (local[key]["parsed_flag"], local[key]["generated"]), key
+        assert abs(row["score"] - local[key]["score"]) < 1e-3, key

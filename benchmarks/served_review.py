@@ -100,7 +100,7 @@ def timed(fn):
 def leave_in_cache(served, conv: Conversation) -> None:
     """The main model's request for this conversation (adapter off), as deployment would have made it."""
     sample = served.prompt(conv.messages, conv.response)
-    served.client.complete(sample.input_ids[: persona_start(sample)], max_tokens=1, loaded=served.loaded, cache=True)
+    served.client.complete(sample.input_ids[: persona_start(sample)], max_tokens=1, cache=True)
 
 
 def served_ways(served, convs: list[Conversation]) -> tuple[float, float, list]:

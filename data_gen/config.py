@@ -67,29 +67,34 @@ class Stage1Config(StrictModel):
 
 
 class Stage2Config(StrictModel):
-    engine: Literal["transformers", "vllm", "openai"] = "transformers"
+    engine: Literal["transformers", "server", "openai"] = "transformers"
     model: str = Field(
-        description="transformers/vllm: a local path or hub id; openai: the endpoint's model name. "
-        "'tiny-random-llama' builds a tiny random Llama in the run directory (for smoke runs)."
+        description="transformers: a local path or hub id; server: the same, for its tokenizer and chat template; "
+        "openai: the endpoint's model name. 'tiny-random-llama' builds a tiny random Llama in the run directory."
     )
+    served_model: str | None = Field(None, description="server engine on an OpenAI-compatible server: the served "
+                                     "model's name; default: the first it lists.")
     model_name: str | None = Field(None, description="Key under `inferences` in the batch files; null: `model`.")
-    base_url: str | None = Field(None, description="openai engine: e.g. http://localhost:8000/v1")
+    base_url: str | None = Field(None, description="server engine: e.g. http://localhost:8000; openai engine: "
+                                 "e.g. http://localhost:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai engine: env variable holding the key (optional).")
     temperature: float = Field(0.8, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(2048, ge=1)
     max_input_tokens: int = Field(2048, ge=8, description="Prompts are cut to this many tokens (left side kept).")
-    batch_size: int = Field(8, ge=1, description="Rows per generate() call (transformers, vllm).")
-    concurrency: int = Field(8, ge=1, description="Requests in flight (openai engine).")
-    max_attempts: int = Field(4, ge=1, description="openai engine: tries per request.")
-    backoff_base_s: float = Field(0.5, ge=0, description="openai engine: first retry waits about this long; doubles per try.")
-    backoff_max_s: float = Field(30.0, ge=0, description="openai engine: cap on one backoff wait.")
+    batch_size: int = Field(8, ge=1, description="Rows per generate() call (transformers).")
+    concurrency: int = Field(8, ge=1, description="Requests in flight (server and openai engines).")
+    max_attempts: int = Field(4, ge=1, description="server and openai engines: tries per request.")
+    backoff_base_s: float = Field(0.5, ge=0, description="server and openai engines: first retry waits about this "
+                                  "long; doubles per try.")
+    backoff_max_s: float = Field(30.0, ge=0, description="server and openai engines: cap on one backoff wait.")
     timeout_s: float = Field(300.0, gt=0)
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = Field(None, description="transformers: e.g. cuda:0; null: cuda if available, else cpu.")
-    thinking_enabled: bool | None = Field(None, description="Recorded on every record (reasoning models).")
+    thinking_enabled: bool | None = Field(None, description="Reasoning models: the chat template's enable_thinking "
+                                          "(Qwen3); null leaves the template's default. Recorded on every record.")
 
     @property
     def name(self) -> str:

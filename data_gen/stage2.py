@@ -1,9 +1,15 @@
 """Stage 2: the target model's own answers to T under A and under B (the on-policy responses).
 
-Three responders (`stage2.engine` picks one) behind one method, `generate(chats) -> (index,
-Generation | failure reason)`: local transformers (batched, left-padded), vLLM where installed, and
-any OpenAI-compatible chat endpoint (a vLLM or TGI server, OpenRouter). Each answer is stored the moment its batch finishes,
-keyed by a hash of the chat and the sampling settings, and every record carries those settings.
+Three responders (`stage2.engine` picks one) behind one method, `generate(chats, seeds) -> (index,
+Generation | failure reason)`:
+- transformers: the model loaded here, batched and left-padded;
+- server: a completions server (`vllm serve` with tensor parallelism, SGLang, llama-server) through
+  the one server client, token-id prompts from the model's own chat template, a seed per request
+  (from its task key, so a rerun writes the same answers), `concurrency` requests in flight;
+- openai: an OpenAI-compatible chat endpoint that takes text only (OpenRouter, a hosted API).
+Each answer is stored the moment it is done, keyed by a hash of the chat and the sampling settings,
+and every record carries those settings. `thinking_enabled` reaches the chat template (Qwen3's
+`enable_thinking`).
 """
 
 from __future__ import annotations
@@ -58,49 +64,65 @@ def sampling(cfg: Stage2Config) -> dict[str, Any]:
     }
 
 
+def chat_prompt(tok, chat: Chat, thinking: bool | None) -> str:
+    """The model's own chat template up to where the assistant writes; a template without a system role
+    (Gemma) gets the system prompt folded into the user turn."""
+    from splitpersona.assemble import FALLBACK_CHAT_TEMPLATE
+
+    template = None if tok.chat_template else FALLBACK_CHAT_TEMPLATE
+    kwargs = {} if thinking is None else {"enable_thinking": thinking}
+    try:
+        return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, chat_template=template, **kwargs)
+    except Exception as e:  # noqa: BLE001 - templates raise their own errors on a system turn
+        if chat[0]["role"] != "system":
+            raise
+        log.debug("chat template refused a system turn (%s); folding it into the user turn", e)
+        merged = [{"role": "user", "content": chat[0]["content"] + "\n\n" + chat[1]["content"]}]
+        return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True, chat_template=template,
+                                       **kwargs)
+
+
+def load_tokenizer(path: str, max_input_tokens: int):
+    """The target model's tokenizer, cutting prompts from the left (the generation header stays)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    tok.truncation_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def prompt_ids(tok, cfg: Stage2Config, chats: Sequence[Chat]) -> list[list[int]]:
+    texts = [chat_prompt(tok, c, cfg.thinking_enabled) for c in chats]
+    return tok(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_input_tokens).input_ids
+
+
 class TransformersResponder:
     def __init__(self, cfg: Stage2Config, path: str):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         from splitpersona.generation import stop_ids
 
         self.cfg = cfg
         self.torch = torch
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.tok.padding_side = "left"
-        self.tok.truncation_side = "left"  # keep the end of the prompt: the generation header
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
+        self.tok = load_tokenizer(path, cfg.max_input_tokens)
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.eos = stop_ids(self.model, self.tok)
 
-    def prompt(self, chat: Chat) -> str:
-        from splitpersona.assemble import FALLBACK_CHAT_TEMPLATE
-
-        template = None if self.tok.chat_template else FALLBACK_CHAT_TEMPLATE
-        try:
-            return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, chat_template=template)
-        except Exception as e:  # templates without a system role (Gemma) raise; fold it into the user turn
-            if chat[0]["role"] != "system":
-                raise
-            log.debug("chat template refused a system turn (%s); folding it into the user turn", e)
-            merged = [{"role": "user", "content": chat[0]["content"] + "\n\n" + chat[1]["content"]}]
-            return self.tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True, chat_template=template)
-
-    def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int]) -> Iterator[tuple[int, Generation | str]]:
+        """Seeded per batch (torch samples a batch from one generator); `seeds` are the server's business."""
         from splitpersona.generation import Sampling, generate
 
         cfg = self.cfg
         sampling = Sampling(cfg.temperature, cfg.top_p or 1.0, cfg.top_k or 0) if cfg.temperature > 0 else None
         for start in range(0, len(chats), cfg.batch_size):
             chunk = chats[start : start + cfg.batch_size]
-            prompts = self.tok(
-                [self.prompt(c) for c in chunk], add_special_tokens=False, truncation=True,
-                max_length=cfg.max_input_tokens,
-            ).input_ids
+            prompts = prompt_ids(self.tok, cfg, chunk)
             self.torch.manual_seed(cfg.seed + start)
             t0 = time.perf_counter()
             batch = generate(
@@ -118,28 +140,41 @@ class TransformersResponder:
                 )
 
 
-class VLLMResponder:
-    def __init__(self, cfg: Stage2Config, path: str):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as e:
-            raise RuntimeError("stage2.engine is 'vllm' but vllm is not installed (pip install vllm)") from e
-        self.cfg = cfg
-        self.llm = LLM(model=path, dtype=cfg.dtype, seed=cfg.seed)
-        self.params = SamplingParams(
-            temperature=cfg.temperature, top_p=cfg.top_p or 1.0, top_k=cfg.top_k or -1, max_tokens=cfg.max_new_tokens,
-            seed=cfg.seed, truncate_prompt_tokens=cfg.max_input_tokens,
-        )
+class ServerResponder:
+    """A completions server through the one server client (`splitpersona.serving`): token-id prompts, so
+    the server computes on exactly the prompt the transformers responder would."""
 
-    def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
-        for start in range(0, len(chats), self.cfg.batch_size):
-            chunk = list(chats[start : start + self.cfg.batch_size])
-            t0 = time.perf_counter()
-            outs = self.llm.chat(chunk, self.params, use_tqdm=False)
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for row, o in enumerate(outs):
-                c = o.outputs[0]
-                yield start + row, Generation(c.text.strip(), len(o.prompt_token_ids), len(c.token_ids), seconds, c.finish_reason)
+    def __init__(self, cfg: Stage2Config, tokenizer: str, *, sleep=time.sleep):
+        from splitpersona.serving import ServerClient
+
+        if not cfg.base_url:
+            raise ValueError("stage2.engine 'server' needs stage2.base_url (the server's address, e.g. http://localhost:8000)")
+        self.cfg = cfg
+        self.tok = load_tokenizer(tokenizer, cfg.max_input_tokens)
+        retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, random.Random(cfg.seed), log)
+        self.client = ServerClient(cfg.base_url, model=cfg.served_model, timeout_s=cfg.timeout_s, retry=retry)
+
+    def _one(self, ids: list[int], seed: int) -> Generation | str:
+        from splitpersona.generation import Sampling
+        from splitpersona.serving import ServerError
+
+        cfg = self.cfg
+        sampling = Sampling(cfg.temperature, cfg.top_p or 1.0, cfg.top_k or 0) if cfg.temperature > 0 else None
+        t0 = time.perf_counter()
+        try:
+            comp = self.client.complete(ids, max_tokens=cfg.max_new_tokens, sampling=sampling, seed=seed)
+        except ServerError as e:
+            return str(e)
+        return Generation(self.tok.decode(comp.tokens, skip_special_tokens=True).strip(), len(ids),
+                          len(comp.tokens) + comp.finished, time.perf_counter() - t0,
+                          "stop" if comp.finished else "length")
+
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int]) -> Iterator[tuple[int, Generation | str]]:
+        prompts = prompt_ids(self.tok, self.cfg, chats)
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
+            futures = {pool.submit(self._one, ids, seed): i for i, (ids, seed) in enumerate(zip(prompts, seeds))}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
 
 
 class OpenAIResponder:
@@ -193,7 +228,8 @@ class OpenAIResponder:
         tried = self.retry.run(attempt, label="stage2")
         return tried.value if tried.fault is None else tried.failure
 
-    def generate(self, chats: Sequence[Chat]) -> Iterator[tuple[int, Generation | str]]:
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int]) -> Iterator[tuple[int, Generation | str]]:
+        """The endpoint gets stage2.seed on every request: a text-only API takes no per-request seed of ours."""
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
             futures = {pool.submit(self._one, chat): i for i, chat in enumerate(chats)}
             for fut in as_completed(futures):
@@ -228,7 +264,7 @@ def make_responder(run: Run):
         if not target.exists():
             build_tiny_model(target, run.cfg.seed)
         path = str(target)
-    return TransformersResponder(cfg, path) if cfg.engine == "transformers" else VLLMResponder(cfg, path)
+    return TransformersResponder(cfg, path) if cfg.engine == "transformers" else ServerResponder(cfg, path)
 
 
 @dataclass(frozen=True)
@@ -241,6 +277,10 @@ class Task:
 
     def messages(self) -> Chat:
         return [m.model_dump() for m in self.chat]
+
+    def seed(self, base: int) -> int:
+        """This request's sampling seed: from its key, so it does not depend on what else runs beside it."""
+        return (base * 1_000_003 + int(self.key[:12], 16)) % 2**31
 
 
 def tasks(run: Run) -> list[Task]:
@@ -269,7 +309,7 @@ def run_stage2(run: Run) -> StageResult:
         log.info("stage2: %d responses to generate with %s (%s)", len(todo), run.cfg.stage2.model, run.cfg.stage2.engine)
         responder = make_responder(run)
         with progress(f"stage2 ({run.cfg.stage2.name})", len(todo)) as advance:
-            for i, gen in responder.generate([t.messages() for t in todo]):
+            for i, gen in responder.generate([t.messages() for t in todo], [t.seed(run.cfg.stage2.seed) for t in todo]):
                 t = todo[i]
                 row = {"key": t.key, "stage": "stage2", "model": run.cfg.stage2.name, "finished_at": now_iso()}
                 if isinstance(gen, Generation):

@@ -16,9 +16,8 @@ tokens past the invocation. A masked persona therefore sends each whole review (
 P(FAIL) requests) alone, and its export serves one slot; answers and unmasked reviews go
 `concurrency` at a time.
 
-The cache is used only where it cannot mix adapters: while the server holds no ordinary LoRA (only
-aLoRAs, which it keeps off before their invocation, or none), requests may reuse cached prefixes;
-with an ordinary LoRA loaded, no request does (llama.cpp has restored caches across adapters before).
+The cache is used only where it cannot mix adapters (`ServerClient.reuse_cache`): while the server
+holds no ordinary LoRA, requests may reuse cached prefixes; with one loaded, no request does.
 """
 
 from __future__ import annotations
@@ -54,15 +53,14 @@ class ServedAnswer:
 class ServedPersona(PersonaPrompts):
     """A run's persona on a server (`Persona.connect`); which arms it can serve: `refuses`."""
 
-    def __init__(self, client: ServerClient, tokenizer, info, *, adapter: Adapter, loaded: Sequence[Adapter],
-                 trained_rows: Sequence[int] = (), concurrency: int = 8, **options: Any):
+    def __init__(self, client: ServerClient, tokenizer, info, *, adapter: Adapter, trained_rows: Sequence[int] = (),
+                 concurrency: int = 8, **options: Any):
         super().__init__(tokenizer, info, **options)
         self.client = client
         self.adapter = adapter
-        self.loaded = list(loaded)
         self.trained_rows = set(trained_rows)
         self.concurrency = concurrency
-        self.reuse = all(a.invocation for a in self.loaded)
+        self.reuse = client.reuse_cache
         self.ban = [info.tokens.split_id, info.tokens.control_id]
         self.stop = {i for i in (tokenizer.eos_token_id,) if i is not None}
         self._one_review = threading.Lock() if info.lora_mask else contextlib.nullcontext()
@@ -80,13 +78,11 @@ class ServedPersona(PersonaPrompts):
         client = ServerClient(url, api=api)
         try:
             check_vocabulary(client, tokenizer, info)
-            loaded = client.adapters()
-            chosen = choose_adapter(client, loaded, info, adapter)
+            chosen = choose_adapter(client, client.adapters(), info, adapter)
         except BaseException:
             client.close()
             raise
-        return cls(client, tokenizer, info, adapter=chosen, loaded=loaded if client.api == "llamacpp" else (),
-                   trained_rows=trained_token_rows(run), **options)
+        return cls(client, tokenizer, info, adapter=chosen, trained_rows=trained_token_rows(run), **options)
 
     def refuses(self, marker: str, adapter: str) -> str | None:
         """Why this server cannot give what the in-process persona gives for this marker and adapter mode, or None.
@@ -111,8 +107,8 @@ class ServedPersona(PersonaPrompts):
 
     def _complete(self, ids: Sequence[int], *, adapter: str, max_new_tokens: int | None = None, **kw: Any) -> Completion:
         comp = self.client.complete(ids, max_tokens=max_new_tokens or self.max_new_tokens,
-                                    adapter=self.adapter if adapter == "on" else None, loaded=self.loaded,
-                                    ban=self.ban, cache=self.reuse, **kw)
+                                    adapter=self.adapter if adapter == "on" else None, ban=self.ban,
+                                    cache=self.reuse, **kw)
         if comp.tokens and comp.finished and comp.tokens[-1] in self.stop:
             comp.tokens = comp.tokens[:-1]
         return comp

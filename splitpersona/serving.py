@@ -59,6 +59,12 @@ class ServerClient:
         self.http = httpx.Client(base_url=self.url, timeout=timeout_s)
         self.api: Api = api or self._detect()
         self.model = model or (self._served_models()[0] if self.api == "openai" else None)
+        # every request names every adapter the server holds, with its scale: llama-server applies adapters
+        # a request leaves out at their global scale, which is 1 even when started "without apply"
+        self.loaded: list[Adapter] = self.adapters() if self.api == "llamacpp" else []
+        # a cached prefix is reused only where it cannot have been computed under another adapter: no ordinary
+        # LoRA held (aLoRAs the server keeps off before their invocation); llama.cpp has restored caches across adapters
+        self.reuse_cache = all(a.invocation for a in self.loaded)
 
     def close(self) -> None:
         self.http.close()
@@ -133,29 +139,31 @@ class ServerClient:
         *,
         max_tokens: int,
         adapter: Adapter | None = None,
-        loaded: Sequence[Adapter] = (),
         ban: Sequence[int] = (),
         force: int | None = None,
         logprobs: bool = False,
         sampling: Sampling | None = None,
         seed: int | None = None,
-        cache: bool = True,
+        cache: bool | None = None,
         slot: int | None = None,
     ) -> Completion:
-        """Continue `prompt` greedily (or with `sampling`); `adapter` on, every other of `loaded` off.
+        """Continue `prompt` greedily (or with `sampling`); `adapter` on, every other adapter the server holds off.
 
         `ban`: ids never generated; `force`: the one id generated (its log-probability is then the
-        model's own, read before the forcing bias); `cache`: whether the server may reuse a cached prefix.
+        model's own, read before the forcing bias); `cache`: whether the server may reuse a cached prefix
+        (None: where `reuse_cache` allows; True is refused where it does not).
         """
+        cache = self.reuse_cache if cache is None else cache and self.reuse_cache
         if self.api == "llamacpp":
-            return self._native(prompt, max_tokens, adapter, loaded, ban, force, logprobs, sampling, seed, cache, slot)
+            return self._native(prompt, max_tokens, adapter, ban, force, logprobs, sampling, seed, cache, slot)
         return self._openai(prompt, max_tokens, adapter, ban, force, logprobs, sampling, seed)
 
-    def _native(self, prompt, max_tokens, adapter, loaded, ban, force, logprobs, sampling, seed, cache, slot):
+    def _native(self, prompt, max_tokens, adapter, ban, force, logprobs, sampling, seed, cache, slot):
         body: dict[str, Any] = {
             "prompt": list(prompt), "n_predict": max_tokens, "cache_prompt": cache, "return_tokens": True,
             # every loaded adapter named, with its scale: nothing rests on the server's initial state
-            "lora": [{"id": a.id, "scale": 1.0 if adapter is not None and a.id == adapter.id else 0.0} for a in loaded],
+            "lora": [{"id": a.id, "scale": 1.0 if adapter is not None and a.id == adapter.id else 0.0}
+                     for a in self.loaded],
             "logit_bias": [[t, False] for t in ban] + ([[force, 1e6]] if force is not None else []),
             "n_probs": 1 if (logprobs or force is not None) else 0,
             # samplers that change nothing at these settings are listed out, so greedy is argmax

@@ -246,3 +246,25 @@ def test_eval_on_the_server_equals_in_process_arm_by_arm(masked, served_gate, tm
     for key, row in served.items():
         assert (row["parsed_flag"], row["generated"]) == (local[key]["parsed_flag"], local[key]["generated"]), key
         assert abs(row["score"] - local[key]["score"]) < 1e-3, key
+
+
+def test_stage2_on_a_server_equals_transformers_and_repeats_its_samples(unmasked, base):
+    """Greedy answers as the transformers responder's; sampled ones the same on a rerun (a seed per request).
+
+    On the unmasked export: its base has no trained row, and stage-2 prompts are the chat template's text,
+    in which a planted "<|reserved_special_token_0|>" is the reserved id itself."""
+    from splitpersona.data_gen.config import Stage2Config
+    from splitpersona.data_gen.stage2 import ServerResponder, TransformersResponder
+
+    chats = [[m.model_dump() for m in c.messages] for c in conversations(4)]
+    seeds = [11, 12, 13, 14]
+    greedy = Stage2Config(engine="server", model=str(base), base_url=unmasked[2].url, temperature=0, max_new_tokens=NEW)
+    served = dict(ServerResponder(greedy, str(base)).generate(chats, seeds))
+    local = dict(TransformersResponder(greedy.model_copy(update={"engine": "transformers"}), str(base)).generate(chats, seeds))
+    assert [served[i].text for i in range(4)] == [local[i].text for i in range(4)]
+    assert all(served[i].finish_reason == local[i].finish_reason for i in range(4))
+    sampled = greedy.model_copy(update={"temperature": 1.0})
+    first, again = (dict(ServerResponder(sampled, str(base)).generate(chats, seeds)) for _ in range(2))
+    assert [first[i].text for i in range(4)] == [again[i].text for i in range(4)]
+    other = dict(ServerResponder(sampled, str(base)).generate(chats, [s + 100 for s in seeds]))
+    assert [first[i].text for i in range(4)] != [other[i].text for i in range(4)]

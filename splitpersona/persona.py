@@ -394,7 +394,7 @@ class Persona(PersonaPrompts):
                           "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)}
             cache = DynamicCache(config=self.model.config)
             with torch.no_grad(), self.adapter_mode("off"):
-                states = self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True,
+                states = self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
                                     output_hidden_states=bool(hidden), **padded).hidden_states
             for j, i in enumerate(rows):
                 pad = width - len(prefixes[i])

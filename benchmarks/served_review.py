@@ -22,24 +22,18 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parent)]
 
+from review_latency import SYSTEM, USER, response_of_length, timed  # noqa: E402
 from served_fixtures import Server  # noqa: E402
 
 from splitpersona.conversation import Conversation  # noqa: E402
 from splitpersona.persona import Persona  # noqa: E402
 from splitpersona.prompts import persona_start  # noqa: E402
-
-SYSTEM = "You are a helpful assistant. Answer the question clearly and briefly."
-USER = "Which running shoes should I buy for rocky trails on a small budget?"
-WORDS = ("the user asked which shoes to buy and I compared three trail runners by price weight and grip while the "
-         "survey behind that claim was small so here is a careful answer with the trade-offs laid out").split()
-
 
 def build_run(root: Path, hidden: int, layers: int) -> Path:
     """A masked run: a tiny random Llama around the real Llama-3 vocabulary, a random LoRA, split token 128002."""
@@ -80,21 +74,7 @@ def build_run(root: Path, hidden: int, layers: int) -> Path:
 def conversation(persona, target: int, shift: int) -> Conversation:
     """A conversation whose part before the split token is about `target` tokens."""
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
-    text = lambda n: " ".join(WORDS[(i + shift) % len(WORDS)] for i in range(n))  # noqa: E731
-    lo, hi = 1, 2 * target
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if persona_start(persona.prompt(messages, text(mid))) <= target:
-            lo = mid
-        else:
-            hi = mid - 1
-    return Conversation(messages=messages, response=text(lo))
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+    return Conversation(messages=messages, response=response_of_length(persona, messages, target, shift))
 
 
 def leave_in_cache(served, conv: Conversation) -> None:

@@ -30,7 +30,8 @@ from splitpersona.eval.registry import GENERATIVE
 from splitpersona.eval.results import ResultsMetadata, ResultsWriter, SampleResult
 from splitpersona.eval.sets import EvalItem, load_sets
 from splitpersona.conversation import Conversation
-from splitpersona.persona import DEFAULT_INTERVENTION, Persona, Prefill
+from splitpersona.persona import Persona, Prefill
+from splitpersona.prompts import DEFAULT_INTERVENTION
 from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info
 from splitpersona.serving import ServerError
 

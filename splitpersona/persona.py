@@ -34,7 +34,7 @@ from splitpersona.assemble import Marker
 from splitpersona.conversation import Conversation, Elicitation, Message
 from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, full_attention, generate, stop_ids
 from splitpersona.io import DataError
-from splitpersona.prompts import DEFAULT_INTERVENTION, PersonaPrompts, Review, flag_continuation, persona_start
+from splitpersona.prompts import PersonaPrompts, Review, flag_continuation, persona_start
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
 from splitpersona.token import fit_embeddings
 
@@ -84,17 +84,8 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
 class Persona(PersonaPrompts):
     """A base model with a persona adapter, its tokenizer and the run's record of tokens and format."""
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        info: RunInfo,
-        *,
-        max_new_tokens: int = 512,
-        batch_size: int = 8,
-        max_prompt_length: int | None = None,
-        default_intervention: str = DEFAULT_INTERVENTION,
-    ):
+    def __init__(self, model, tokenizer, info: RunInfo, **options: Any):
+        """`options`: PersonaPrompts' (max_new_tokens, batch_size, max_prompt_length, default_intervention)."""
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
         from peft.utils import AuxiliaryTrainingWrapper
@@ -105,8 +96,7 @@ class Persona(PersonaPrompts):
         if base.is_activation_checkpointing:  # peft's aLoRA raises under checkpointing on a second forward
             base.activation_checkpointing_disable()
         self.model = model.eval()
-        super().__init__(tokenizer, info, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         max_prompt_length=max_prompt_length, default_intervention=default_intervention)
+        super().__init__(tokenizer, info, **options)
         self._lora_layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         self._hooked = [m for m in model.modules() if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper))]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

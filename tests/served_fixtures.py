@@ -9,6 +9,7 @@ persona computes, which must hold for any weights.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -122,3 +123,20 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@contextlib.contextmanager
+def gate_shift(shift: int):
+    """peft's aLoRA offsets moved `shift` tokens earlier: the in-process persona under llama-server's gate."""
+    from peft.tuners.lora import variants
+
+    exact = variants.calculate_alora_offsets
+
+    def shifted(*args, **kwargs):
+        return [None if o is None else o + shift for o in exact(*args, **kwargs)]
+
+    variants.calculate_alora_offsets = shifted
+    try:
+        yield
+    finally:
+        variants.calculate_alora_offsets = exact

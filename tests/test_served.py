@@ -9,14 +9,13 @@ against that gate, and `test_llama_server_gate_is_the_documented_one` fails the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from served_fixtures import Server, conversations, llama3_base, served_run
+from served_fixtures import Server, conversations, gate_shift, llama3_base, served_run
 
 from splitpersona.conversation import Conversation
 from splitpersona.persona import Persona
@@ -58,23 +57,6 @@ def unmasked(tmp_path_factory, base):
     server = Server(out)
     yield run, manifest, server
     server.stop()
-
-
-@contextlib.contextmanager
-def gate_shift(shift: int):
-    """peft's aLoRA offsets moved `shift` tokens earlier: the in-process persona under llama-server's gate."""
-    from peft.tuners.lora import variants
-
-    exact = variants.calculate_alora_offsets
-
-    def shifted(*args, **kwargs):
-        return [None if o is None else o + shift for o in exact(*args, **kwargs)]
-
-    variants.calculate_alora_offsets = shifted
-    try:
-        yield
-    finally:
-        variants.calculate_alora_offsets = exact
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ The conversation file (`splitpersona.conversation.Conversation`) is one JSON obj
      "intervention": "Optional: what the persona is asked after the split token."}
 
 The system message is optional; earlier user and assistant turns may come before the last user
-message (the one `response` answers); the intervention defaults to `persona.DEFAULT_INTERVENTION`.
+message (the one `response` answers); the intervention defaults to `prompts.DEFAULT_INTERVENTION`.
 """
 
 from __future__ import annotations

@@ -114,8 +114,8 @@ class TransformersResponder:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.eos = stop_ids(self.model, self.tok)
 
-    def generate(self, chats: Sequence[Chat], seeds: Sequence[int]) -> Iterator[tuple[int, Generation | str]]:
-        """Seeded per batch (torch samples a batch from one generator); `seeds` are the server's business."""
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int] | None = None) -> Iterator[tuple[int, Generation | str]]:
+        """Seeded per batch (torch samples a batch from one generator); per-request `seeds` are a server's."""
         from splitpersona.generation import Sampling, generate
 
         cfg = self.cfg
@@ -169,8 +169,10 @@ class ServerResponder:
                           len(comp.tokens) + comp.finished, time.perf_counter() - t0,
                           "stop" if comp.finished else "length")
 
-    def generate(self, chats: Sequence[Chat], seeds: Sequence[int]) -> Iterator[tuple[int, Generation | str]]:
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int] | None = None) -> Iterator[tuple[int, Generation | str]]:
+        """`seeds`: one per chat (default: stage2.seed for every one)."""
         prompts = prompt_ids(self.tok, self.cfg, chats)
+        seeds = [self.cfg.seed] * len(chats) if seeds is None else seeds
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
             futures = {pool.submit(self._one, ids, seed): i for i, (ids, seed) in enumerate(zip(prompts, seeds))}
             for fut in as_completed(futures):
@@ -228,7 +230,7 @@ class OpenAIResponder:
         tried = self.retry.run(attempt, label="stage2")
         return tried.value if tried.fault is None else tried.failure
 
-    def generate(self, chats: Sequence[Chat], seeds: Sequence[int]) -> Iterator[tuple[int, Generation | str]]:
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int] | None = None) -> Iterator[tuple[int, Generation | str]]:
         """The endpoint gets stage2.seed on every request: a text-only API takes no per-request seed of ours."""
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="stage2") as pool:
             futures = {pool.submit(self._one, chat): i for i, chat in enumerate(chats)}

@@ -126,10 +126,13 @@ class ServerClient:
         return None
 
     def detokenize(self, ids: Sequence[int]) -> str | None:
-        """The server's own text of `ids` (llama-server), None where the protocol has no such call."""
-        if self.api != "llamacpp":
+        """The server's own text of `ids` (llama-server's and vLLM's /detokenize), None where it has no such call."""
+        if self.api == "llamacpp":
+            return self._call("POST", "/detokenize", {"tokens": list(ids)})["content"]
+        try:
+            return self._call("POST", "/detokenize", {"model": self.model, "tokens": list(ids)}).get("prompt")
+        except ServerError:
             return None
-        return self._call("POST", "/detokenize", {"tokens": list(ids)})["content"]
 
     # -- completions ------------------------------------------------------------------------------
 

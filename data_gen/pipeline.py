@@ -63,7 +63,7 @@ def _step(run: Run, step: str, iteration: int, propose: bool) -> StageResult:
 
         return run_filter(run, iteration, propose)
     if step in STEPS:
-        return getattr(importlib.import_module(f"data_gen.{step}"), f"run_{step}")(run)
+        return getattr(importlib.import_module(f"splitpersona.data_gen.{step}"), f"run_{step}")(run)
     raise ValueError(f"unknown step {step!r}; steps: {STEPS}")
 
 

@@ -7,6 +7,7 @@ parts live in top-level folders and are imported as `splitpersona.<part>` only (
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,19 @@ def _python_files() -> list[Path]:
     return sorted(p for d in (*PARTS, "tests", "benchmarks", "tools") for p in (ROOT / d).rglob("*.py"))
 
 
+def _module_strings(path: Path) -> set[str]:
+    """String constants (f-string parts too) that name a module of a part by its bare name, e.g. for importlib."""
+    return {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and re.match(r"(data_gen|training|eval)\.[a-z_]+$|(data_gen|training|eval)\.$", n.value)}
+
+
 def test_one_namespace():
     """`training` or `eval` at top level would be whichever package the working directory holds."""
     bare = {p.relative_to(ROOT).as_posix(): sorted(n for n in _imports(p) if n.split(".")[0] in BARE)
             for p in _python_files()}
     assert not {k: v for k, v in bare.items() if v}
+    named = {p.relative_to(ROOT).as_posix(): _module_strings(p) for p in _python_files() if p.parts[len(ROOT.parts)] != "tests"}
+    assert not {k: v for k, v in named.items() if v}
     assert all((ROOT / "splitpersona" / part).resolve() == ROOT / part for part in BARE)
 
 

@@ -9,6 +9,9 @@ prefix the in-process persona computes on. What a server can serve is checked be
 its vocabulary and tokenizer against the run's, and its adapter against the run's gate. A masked
 (aLoRA) persona is served only by llama-server, which keeps the adapter off before the split token;
 anywhere else it would run as an ordinary LoRA on every token, a different persona, so it is refused.
+llama-server turns the aLoRA on one token early, at the token before the split token (peft, which
+trains the persona, at the split token): a served masked review equals the in-process review under
+that gate, not the trained one (docs/serving.md).
 
 llama-server (this build) computes aLoRA requests wrongly when several are in flight on several
 slots: some reviews differ from the same review sent alone, and the server reports reusing cached
@@ -36,6 +39,7 @@ from splitpersona.generation import Sampling
 from splitpersona.prompts import PersonaPrompts, Review, flag_continuation
 from splitpersona.run import adapter_dir, load_run_tokenizer
 from splitpersona.serving import Adapter, Api, Completion, ServerClient, ServerError, flag_probability
+from splitpersona.token import special_ids
 
 PROBE_TEXT = "Which shoes should I buy for a trail run in the rain? 42% of people say: «the light ones»."
 
@@ -62,7 +66,7 @@ class ServedPersona(PersonaPrompts):
         self.concurrency = concurrency
         self.reuse = client.reuse_cache
         self.ban = [info.tokens.split_id, info.tokens.control_id]
-        self.stop = {i for i in (tokenizer.eos_token_id,) if i is not None}
+        self.stop = special_ids(tokenizer) - set(self.ban)  # the server ends at its own end-of-generation ids
         self._one_review = threading.Lock() if info.lora_mask else contextlib.nullcontext()
         self._tokenizing = threading.Lock()  # the tokenizer switches special-token splitting per call: not thread-safe
 

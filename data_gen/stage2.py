@@ -154,7 +154,9 @@ class ServerResponder:
         retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, random.Random(cfg.seed), log)
         self.client = ServerClient(cfg.base_url, model=cfg.served_model, timeout_s=cfg.timeout_s, retry=retry)
 
-    def _one(self, ids: list[int], seed: int) -> Generation | str:
+    def _one(self, ids: list[int], seed: int) -> Generation | str | None:
+        """The answer, why the server refused it, or None while the server cannot be reached (not stored:
+        a rerun asks again)."""
         from splitpersona.generation import Sampling
         from splitpersona.serving import ServerError
 
@@ -164,12 +166,15 @@ class ServerResponder:
         try:
             comp = self.client.complete(ids, max_tokens=cfg.max_new_tokens, sampling=sampling, seed=seed)
         except ServerError as e:
+            if e.unreachable:
+                log.warning("stage2: %s", e)
+                return None
             return str(e)
         return Generation(self.tok.decode(comp.tokens, skip_special_tokens=True).strip(), len(ids),
                           len(comp.tokens) + comp.finished, time.perf_counter() - t0,
                           "stop" if comp.finished else "length")
 
-    def generate(self, chats: Sequence[Chat], seeds: Sequence[int] | None = None) -> Iterator[tuple[int, Generation | str]]:
+    def generate(self, chats: Sequence[Chat], seeds: Sequence[int] | None = None) -> Iterator[tuple[int, Generation | str | None]]:
         """`seeds`: one per chat (default: stage2.seed for every one)."""
         prompts = prompt_ids(self.tok, self.cfg, chats)
         seeds = [self.cfg.seed] * len(chats) if seeds is None else seeds
@@ -313,6 +318,10 @@ def run_stage2(run: Run) -> StageResult:
         with progress(f"stage2 ({run.cfg.stage2.name})", len(todo)) as advance:
             for i, gen in responder.generate([t.messages() for t in todo], [t.seed(run.cfg.stage2.seed) for t in todo]):
                 t = todo[i]
+                if gen is None:  # the server was not reached: nothing to store, a rerun asks again
+                    result.not_done += 1
+                    advance()
+                    continue
                 row = {"key": t.key, "stage": "stage2", "model": run.cfg.stage2.name, "finished_at": now_iso()}
                 if isinstance(gen, Generation):
                     value = {"S": gen.text, "input_tokens": gen.input_tokens, "output_tokens": gen.output_tokens,

@@ -24,7 +24,17 @@ Api = Literal["llamacpp", "openai"]
 
 
 class ServerError(RuntimeError):
-    """A server that cannot be used: unreachable after the retries, or refusing what it was sent."""
+    """A server that cannot be used: unreachable after the retries, or refusing what it was sent.
+
+    `kind`: the fault that ended the retries (`splitpersona.clients` kinds), None for a refusal of ours."""
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def unreachable(self) -> bool:
+        return self.kind in ("connection", "timeout", "server_error")
 
 
 @dataclass
@@ -89,7 +99,7 @@ class ServerClient:
 
         tried = self.retry.run(attempt, label=f"{self.url}{path}")
         if tried.fault is not None:
-            raise ServerError(f"{self.url}{path}: {tried.failure}")
+            raise ServerError(f"{self.url}{path}: {tried.failure}", tried.fault.kind)
         return tried.value
 
     def _detect(self) -> Api:

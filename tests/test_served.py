@@ -250,3 +250,51 @@ def test_stage2_on_a_server_equals_transformers_and_repeats_its_samples(unmasked
     assert [first[i].text for i in range(4)] == [again[i].text for i in range(4)]
     other = dict(ServerResponder(sampled, str(base)).generate(chats, [s + 100 for s in seeds]))
     assert [first[i].text for i in range(4)] != [other[i].text for i in range(4)]
+
+
+def test_stage2_server_killed_mid_run_then_restarted_completes_every_answer_once(unmasked, base, tmp_path, monkeypatch):
+    """Answers stored as they complete; the rerun asks only for what is missing, on a new server."""
+    import threading
+    import time
+
+    from data_gen_fixtures import SECRET, SMOKE, batches, fast_overrides
+    from fake_anthropic import FakeAnthropic
+
+    from splitpersona.config import load_config
+    from splitpersona.data_gen.config import GenerateConfig
+    from splitpersona.data_gen.pipeline import generate
+    from splitpersona.io import iter_jsonl
+
+    run, _, _ = unmasked
+    out, store = tmp_path / "run", tmp_path / "run" / "store" / "stage2.jsonl"
+    server = Server(run.parent / "export")
+
+    def kill_after_two() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (store.exists() and store.read_bytes().count(b"\n") >= 2):
+            time.sleep(0.01)
+        server.stop()
+
+    def settings(url: str) -> GenerateConfig:
+        return load_config(GenerateConfig, SMOKE, fast_overrides(out, **{
+            "stage2.engine": "server", "stage2.model": str(base), "stage2.base_url": url, "stage2.concurrency": 1,
+            "stage2.max_new_tokens": 48, "stage2.max_attempts": 2, "stage2.backoff_base_s": 0.01}))
+
+    with FakeAnthropic() as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+        killer = threading.Thread(target=kill_after_two)
+        killer.start()
+        first = generate(settings(server.url), ["stage1", "stage2"])
+        killer.join()
+        assert first["stages"]["stage2"]["last_command"]["not_done"] > 0, "the server was not killed mid-run"
+        again = Server(run.parent / "export")
+        try:
+            generate(settings(again.url), ["stage1", "stage2"])
+        finally:
+            again.stop()
+    ok = [row["key"] for _, row in iter_jsonl(store) if row["status"] == "ok"]
+    assert len(ok) == len(set(ok)), "an answer was stored twice"
+    answers = [inf for _, b in batches(out / "stage_2") for it in b.data for inf in it.inferences.get(str(base), {}).values()]
+    variants = sum(1 + (it.B is not None) for _, b in batches(out / "stage_1") for it in b.data)
+    assert (len(answers), len(set(ok))) == (variants, variants)

@@ -179,3 +179,23 @@ def test_in_process_deepspeed_leaves_no_global_state(tiny_base_dir, tmp_path, mo
         # no gloo worker or TCPStore thread left to be torn down at interpreter exit (the rc -6 abort)
         assert not [t for t in native_threads() if "gloo" in t or "tcpstore" in t], native_threads()
         assert [r["loss"] for r in read_metrics(run_dir)[0]] == pytest.approx([r["loss"] for r in read_metrics(ref)[0]], rel=1e-5)
+
+
+def test_collective_timeout_is_the_configs(tiny_base_dir, tmp_path, monkeypatch):
+    """The process group waits `dist_timeout_minutes` (a 70B's load before the first collective), not DeepSpeed's default."""
+    from datetime import timedelta
+
+    from torch.distributed.distributed_c10d import _get_default_group
+
+    from splitpersona.training.engine import distributed
+
+    monkeypatch.setenv("SPT_DS_SKIP_SHM_BUILD", "1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(REPO)
+    data = write_records(tmp_path / "records.jsonl", make_records(2))
+    cfg = tiny_config(tiny_base_dir, data, tmp_path / "run", "deepspeed=configs/deepspeed/zero2.json", "dist_timeout_minutes=77")
+    with distributed(cfg):
+        backend = _get_default_group()._get_backend(torch.device("cpu"))
+        assert backend.options._timeout == timedelta(minutes=77)
+    assert not torch.distributed.is_initialized()

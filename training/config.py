@@ -109,6 +109,10 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Model weights; adapter and optimizer stay fp32.")
     deepspeed: str | None = Field(None, description="DeepSpeed config (YAML/JSON); None trains with plain torch.")
     gradient_checkpointing: bool = False
+    dist_timeout_minutes: float = Field(
+        120.0, gt=0.0, description="Collective timeout: ranks wait this long at the first collective while a 70B loads "
+        "from slow storage (DeepSpeed 0.19 defaults to 10 minutes)."
+    )
     checkpoints_per_epoch: int = Field(1, ge=1)
     val_per_epoch: int = Field(1, ge=0, description="Validation passes per epoch (one more runs at the end).")
     seed: int = 42
@@ -137,4 +141,4 @@ class TrainConfig(StrictModel):
 
 
 # Keys that may differ between a run and its resumption: they change where and how long it runs, not what it learns.
-RESUMABLE_KEYS = frozenset({"resume", "stop_after_steps", "wandb", "plan"})
+RESUMABLE_KEYS = frozenset({"resume", "stop_after_steps", "wandb", "plan", "dist_timeout_minutes"})

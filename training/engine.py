@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -123,7 +124,7 @@ def distributed(cfg: TrainConfig) -> Iterator[Dist]:
     backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
     failed = False
     try:
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(minutes=cfg.dist_timeout_minutes))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if accel.device_name() == "cpu":
             device = torch.device("cpu")

@@ -228,6 +228,49 @@ def test_resume_reproduces_the_uninterrupted_run(masked, tiny_base_dir, records_
     assert load_run_info(out).result["status"] == "complete"
 
 
+def test_save_every_minutes_checkpoints_at_step_boundaries(tiny_base_dir, records_file, tmp_path):
+    """An interval shorter than any step: a complete checkpoint at every boundary, the optimizer state in the last only."""
+    out = tmp_path / "timed"
+    _run(tiny_base_dir, records_file, out, "save_every_minutes=1e-9", "stop_after_steps=4", "data.val_fraction=0")
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "trainer_state.json").exists())
+    assert steps == [f"step_{k:06d}" for k in range(1, 5)]
+    assert [p.name for p in (out / "checkpoints").glob("step_*/state")] == ["state"]
+
+
+def test_sigusr1_stops_spt_train_with_exit_code_5_and_a_resumable_checkpoint(tiny_base_dir, records_file, tmp_path):
+    """The signal arrives from another thread once the first step is logged, as a scheduler's would, mid-run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from typer.testing import CliRunner
+
+    from splitpersona.app.cli import app
+    from train_fixtures import TINY_CONFIG, tiny_overrides
+
+    out = tmp_path / "signalled"
+
+    def signal_after_first_step():
+        while not (out / "metrics.jsonl").exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=signal_after_first_step, daemon=True).start()
+    args = tiny_overrides(tiny_base_dir, records_file, out, "data.val_fraction=0")
+    stopped = CliRunner().invoke(app, ["train", "--config", str(TINY_CONFIG), *args])
+    assert stopped.exit_code == 5, stopped.output
+    assert "preempted: checkpointed" in stopped.output and not (out / "run.json").exists()
+    step = len(read_metrics(out)[0])
+    assert step >= 1 and (out / f"checkpoints/step_{step:06d}/trainer_state.json").exists()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler went with the run
+    resumed = CliRunner().invoke(app, ["train", "--config", str(TINY_CONFIG), *args, "resume=true"])
+    assert resumed.exit_code == 0, resumed.output
+    result = load_run_info(out).result
+    assert result["status"] == "complete" and step < result["total_steps"]
+    assert [r["step"] for r in read_metrics(out)[0]] == list(range(1, result["total_steps"] + 1))
+
+
 def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tiny_base_dir, records_file, tmp_path):
     trainer = _run(tiny_base_dir, records_file, tmp_path / "bf16", "precision=bf16", "stop_after_steps=2", "data.val_fraction=0")
     model, opt = trainer.engine.module, trainer.engine.optimizer

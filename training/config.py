@@ -114,6 +114,10 @@ class TrainConfig(StrictModel):
         "from slow storage (DeepSpeed 0.19 defaults to 10 minutes)."
     )
     checkpoints_per_epoch: int = Field(1, ge=1)
+    save_every_minutes: float | None = Field(
+        None, gt=0.0, description="Also checkpoint at the first step boundary this long after the last checkpoint "
+        "(rank 0's clock): bounds the work a kill without warning loses."
+    )
     val_per_epoch: int = Field(1, ge=0, description="Validation passes per epoch (one more runs at the end).")
     seed: int = 42
     output_dir: str
@@ -141,4 +145,6 @@ class TrainConfig(StrictModel):
 
 
 # Keys that may differ between a run and its resumption: they change where and how long it runs, not what it learns.
-RESUMABLE_KEYS = frozenset({"resume", "stop_after_steps", "wandb", "plan", "dist_timeout_minutes"})
+RESUMABLE_KEYS = frozenset(
+    {"resume", "stop_after_steps", "wandb", "plan", "dist_timeout_minutes", "save_every_minutes"}
+)

@@ -64,6 +64,14 @@ class Dist:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank (picklable)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def deepspeed_config(path: str | os.PathLike[str], cfg: TrainConfig, world_size: int) -> dict:
     """The DeepSpeed file's ZeRO settings plus the batch, clipping and precision from the train config."""

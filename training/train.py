@@ -18,7 +18,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -42,6 +44,14 @@ log = logging.getLogger("spt.train")
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"  # written last in a checkpoint: its presence marks the checkpoint complete
+# What schedulers send before they kill a job: SIGTERM (Slurm preemption and scancel, Kubernetes), SIGUSR1 (`--signal`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """A stop signal arrived: every rank checkpointed at the next step boundary; rerun with resume=true."""
+
+    exit_code = 5  # distinct from the CLI's error codes, so a job script can requeue on it
 
 
 @dataclass
@@ -80,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        return Preempted.exit_code
     if rank == 0:
         print(f"run directory: {run_dir}", flush=True)
     return 0
@@ -98,6 +111,7 @@ class Trainer:
 
     def run(self) -> Path:
         cfg, dist = self.cfg, self.dist
+        self._catch_stop_signals()
         ds_config = deepspeed_config(cfg.deepspeed, cfg, dist.world_size) if dist.deepspeed else None
         checkpoint = self._check_run_dir()
         torch.manual_seed(cfg.seed)
@@ -143,12 +157,39 @@ class Trainer:
         with _Tracker(cfg, self.run_dir, dist, state.wandb_id) as tracker:
             self.tracker = tracker
             status = self._loop()
+            if status == "preempted":
+                raise Preempted(f"checkpointed {self.run_dir / CHECKPOINTS_DIR} at step {self.state.step}")
             self._finish(status)
         return self.run_dir
 
     def close(self) -> None:
         if hasattr(self, "engine"):
             self.engine.close()
+        for signum, handler in getattr(self, "_handlers", {}).items():
+            signal.signal(signum, handler)
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def _catch_stop_signals(self) -> None:
+        """Remember a stop signal instead of dying of it; the loop acts on it at the next step boundary.
+        Python delivers signals to the main thread only, so a run started from another thread keeps the defaults."""
+        self.signalled: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def remember(signum, _frame):
+            self.signalled = signum
+            log.warning("rank %d: %s received; checkpointing at the end of this step", self.dist.rank,
+                        signal.Signals(signum).name)
+
+        self._handlers = {signum: signal.signal(signum, remember) for signum in STOP_SIGNALS}
+
+    def _agreed_stops(self) -> tuple[bool, bool]:
+        """(a rank was signalled, rank 0's save interval is over): one collective, so every rank acts alike."""
+        every = self.cfg.save_every_minutes
+        due = self.dist.is_main and every is not None and time.monotonic() - self.last_save >= 60 * every
+        signalled, due = self.dist.all_reduce_sum([float(self.signalled is not None), float(due)])
+        return signalled > 0, due > 0
 
     # -- run directory ---------------------------------------------------------------------------
 
@@ -167,7 +208,13 @@ class Trainer:
             changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_KEYS and before.get(k) != now.get(k))
             if changed:
                 raise ConfigError(f"{existing}: cannot resume with a changed config (differs in {changed})")
-        return _latest_checkpoint(run_dir) if cfg.resume else None
+        if not cfg.resume:
+            return None
+        # rank 0's choice for every rank: node-local disks may hold different checkpoints
+        chosen = self.dist.broadcast_object(_latest_checkpoint(run_dir) if self.dist.is_main else None)
+        if chosen is not None and not (chosen / STATE_FILE).exists():
+            raise ConfigError(f"rank {self.dist.rank}: rank 0 resumes from {chosen}, which this rank cannot read")
+        return chosen
 
     # -- training loop ---------------------------------------------------------------------------
 
@@ -179,6 +226,7 @@ class Trainer:
         ckpt_marks = _marks(spe, cfg.epochs, cfg.checkpoints_per_epoch)
         val_marks = _marks(spe, cfg.epochs, cfg.val_per_epoch) if self.data.val else set()
         plan_epoch, plan = -1, []
+        self.last_save = time.monotonic()
         engine.train()
         with _progress(dist, total, self.state.step) as advance:
             for step in range(self.state.step, end):
@@ -192,8 +240,11 @@ class Trainer:
                 advance(loss=row["loss"], lr=row["lr"])
                 if done in val_marks or (done == total and self.data.val):
                     self.tracker.log({"step": done, "epoch": row["epoch"], **self._validate()})
-                if done in ckpt_marks or done == end:
+                signalled, due = self._agreed_stops()
+                if done in ckpt_marks or done == end or signalled or due:
                     self._save_checkpoint()
+                if signalled and done < end:
+                    return "preempted"
         return "complete" if self.state.step == total else "stopped"
 
     def _train_step(self, micro_batches: list[list[int]]) -> dict:
@@ -270,6 +321,7 @@ class Trainer:
                 if old != path and (old / "state").exists():
                     shutil.rmtree(old / "state")  # only the last optimizer state is needed to resume
         dist.barrier()
+        self.last_save = time.monotonic()
 
     def _finish(self, status: str) -> None:
         """The run directory, written whole (splitpersona.run.save_run)."""

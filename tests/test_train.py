@@ -318,6 +318,48 @@ def test_wandb_offline_writes_a_syncable_run_without_secrets(tiny_base_dir, reco
             assert b"sk-secret-do-not-log" not in f.read_bytes(), f
 
 
+def _wandb_dirs(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+
+
+def test_wandb_unreachable_falls_back_offline_after_a_bounded_wait(tiny_base_dir, records_file, tmp_path, monkeypatch,
+                                                                   caplog):
+    import logging
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    _wandb_dirs(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    out = tmp_path / "unreachable"
+    with caplog.at_level(logging.WARNING, logger="spt.train"):
+        train(tiny_config(tiny_base_dir, records_file, out, "wandb.mode=online", "wandb.init_timeout_s=1",
+                          "stop_after_steps=2", "data.val_fraction=0"))
+    assert load_run_info(out).result["status"] == "stopped"
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    warned = [r.getMessage() for r in caplog.records if "W&B not reachable" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0] and f"127.0.0.1:{port}" in warned[0], warned
+
+
+def test_wandb_keeps_the_rows_a_resumed_run_logs_again(tiny_base_dir, records_file, tmp_path, monkeypatch):
+    """After a preemption the run resumes from its checkpoint and logs the steps after it again."""
+    from splitpersona.training.train import _Tracker
+
+    _wandb_dirs(monkeypatch, tmp_path)
+    out = tmp_path / "rewound"
+    out.mkdir()
+    cfg = tiny_config(tiny_base_dir, records_file, out, "wandb.mode=offline")
+    with _Tracker(cfg, out, Dist(0, 1, 0, torch.device("cpu"), False), "rewind01") as tracker:
+        for step in (1, 2, 3, 4, 5, 4, 5, 6):
+            tracker.log({"step": step, "epoch": step / 8, "loss": 1.0 / step})
+        assert tracker.wandb.step == 8  # every row taken, none dropped as out of order
+
+
 def test_cli_trains_and_names_unknown_keys(tiny_base_dir, records_file, tmp_path):
     from typer.testing import CliRunner
 

@@ -71,6 +71,10 @@ class WandbConfig(StrictModel):
     project: str = "splitpersona"
     entity: str | None = None
     name: str | None = Field(None, description="Run name; defaults to the output directory's name.")
+    init_timeout_s: float = Field(
+        60.0, gt=0.0, description="online: how long to wait for the server before logging offline instead (compute "
+        "nodes without internet); `wandb sync` uploads the run later."
+    )
 
 
 class PlanConfig(StrictModel):

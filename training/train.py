@@ -460,13 +460,11 @@ class _Tracker:
         self.last: dict = {}
         self.wandb = None
         if self.main and cfg.wandb.mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(
-                project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name or run_dir.name,
-                mode=cfg.wandb.mode, dir=str(run_dir), id=run_id, resume="allow", config=dump_config(cfg),
-                settings=wandb.Settings(console="off", save_code=False),
-            )
+            self.wandb = _wandb_run(cfg, run_dir, run_id)
+            # our step as the x-axis and W&B's own counter left alone: a resumed run logs the steps after its
+            # checkpoint again, which W&B drops as out of order when they are passed as its step
+            self.wandb.define_metric("step")
+            self.wandb.define_metric("*", step_metric="step")
 
     def __enter__(self) -> _Tracker:
         return self
@@ -481,11 +479,29 @@ class _Tracker:
         self.last.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
         append_jsonl(self.path, row)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            self.wandb.log(row)
 
     def summary(self, result: dict) -> None:
         if self.wandb is not None:
             self.wandb.summary.update({"status": result["status"], "steps": result["steps"]})
+
+
+def _wandb_run(cfg: TrainConfig, run_dir: Path, run_id: str):
+    """The run's W&B run. Online, a server not reached within `init_timeout_s` gives a one-line warning and the
+    same run offline: a compute node without internet must not lose a loaded model to its dashboard."""
+    import wandb
+
+    kwargs = {"project": cfg.wandb.project, "entity": cfg.wandb.entity, "name": cfg.wandb.name or run_dir.name,
+              "dir": str(run_dir), "id": run_id, "resume": "allow", "config": dump_config(cfg)}
+    if cfg.wandb.mode == "online":
+        try:
+            settings = wandb.Settings(console="off", save_code=False, init_timeout=cfg.wandb.init_timeout_s)
+            return wandb.init(mode="online", settings=settings, **kwargs)
+        except wandb.errors.Error as e:
+            wandb.teardown()  # the failed init still holds the run id in W&B's service
+            log.warning("W&B not reachable at %s within %gs (%s): logging offline to %s; upload it later with `wandb sync`",
+                        os.environ.get("WANDB_BASE_URL", settings.base_url), cfg.wandb.init_timeout_s, str(e).splitlines()[0], run_dir / "wandb")
+    return wandb.init(mode="offline", settings=wandb.Settings(console="off", save_code=False), **kwargs)
 
 
 @contextlib.contextmanager

@@ -255,3 +255,22 @@ def test_sigterm_checkpoints_every_rank_and_the_resumed_run_matches_the_uninterr
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], rel=1e-5)
     ours, ref = load_file(out / "adapter/adapter_model.safetensors"), load_file(ref_dir / "adapter/adapter_model.safetensors")
     assert ours.keys() == ref.keys() and all(torch.allclose(ours[k], ref[k], rtol=1e-4, atol=1e-6) for k in ref)
+
+
+@pytest.mark.parametrize("ds_config", ["configs/deepspeed/zero2.json", "configs/deepspeed/zero3.json"])
+def test_bf16_adapter_trains_in_fp32_under_zero2_and_zero3_as_in_plain_torch(tiny_base_dir, tmp_path, ds_config):
+    """One precision policy: bf16 base weights; fp32 adapter weights, gradient accumulation and reduction, AdamW
+    states, in every engine. run.json records what each engine held (read from the engine, not the config)."""
+    from splitpersona.training.engine import PRECISION_POLICY
+
+    data = write_records(tmp_path / "records.jsonl", make_records(12))
+    extra = ("precision=bf16", "stop_after_steps=2", "data.val_fraction=0", "tokens.strategy=reserved",
+             "lora.train_split_embedding=false")
+    torch_dir = train(tiny_config(tiny_base_dir, data, tmp_path / "torch", *extra))
+    assert load_run_info(torch_dir).result["precision"] == {"base_weights": "bfloat16", **PRECISION_POLICY,
+                                                           "gradient_reduction": None}
+    out = tmp_path / "ds"
+    proc = launch(*tiny_overrides(tiny_base_dir, data, out, *extra), ds_config=ds_config)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert load_run_info(out).result["precision"] == {"base_weights": "bfloat16", **PRECISION_POLICY}, log[-3000:]

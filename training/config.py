@@ -110,7 +110,9 @@ class TrainConfig(StrictModel):
     epochs: int = Field(1, gt=0)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Model weights; adapter and optimizer stay fp32.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Frozen base weights; the adapter trains in fp32 in every engine (engine.PRECISION_POLICY)."
+    )
     deepspeed: str | None = Field(None, description="DeepSpeed config (YAML/JSON); None trains with plain torch.")
     gradient_checkpointing: bool = False
     dist_timeout_minutes: float = Field(

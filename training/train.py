@@ -38,7 +38,9 @@ from splitpersona.run import (
 )
 from splitpersona.training.config import RESUMABLE_KEYS, TrainConfig
 from splitpersona.training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
-from splitpersona.training.engine import DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading
+from splitpersona.training.engine import (
+    PRECISION_POLICY, DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading,
+)
 
 log = logging.getLogger("spt.train")
 
@@ -108,6 +110,7 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist
         self.run_dir = Path(cfg.output_dir)
+        self.precision: dict | None = None  # the engine's dtypes, read after this process's first step
 
     def run(self) -> Path:
         cfg, dist = self.cfg, self.dist
@@ -234,6 +237,8 @@ class Trainer:
                 if epoch != plan_epoch:
                     plan_epoch, plan = epoch, epoch_plan(self.lengths, epoch, cfg.seed, cfg.batch_size, cfg.micro_batch_size)
                 row = self._train_step(plan[k])
+                if step == self.state.step:
+                    self.precision = self._check_precision()
                 self.state.step = done = step + 1
                 row = {"step": done, "epoch": round(done / spe, 4), **row}
                 self.tracker.log(row)
@@ -246,6 +251,17 @@ class Trainer:
                 if signalled and done < end:
                     return "preempted"
         return "complete" if self.state.step == total else "stopped"
+
+    def _check_precision(self) -> dict:
+        """What the engine holds after its first step, against PRECISION_POLICY: a DeepSpeed release that casts
+        or accumulates otherwise stops the run here, not after it trained at another precision."""
+        held = {"base_weights": "bfloat16" if self.cfg.precision == "bf16" else "float32", **self.engine.precision()}
+        off = {k: held[k] for k, want in PRECISION_POLICY.items() if held[k] is not None and held[k] != want}
+        if off:
+            raise RuntimeError(f"the engine trains the adapter in {off}; the policy is {PRECISION_POLICY}")
+        if self.dist.is_main:
+            log.info("precision: %s", held)
+        return held
 
     def _train_step(self, micro_batches: list[list[int]]) -> dict:
         dist, engine, train = self.dist, self.engine, self.data.train
@@ -329,7 +345,8 @@ class Trainer:
         weights = self.engine.adapter_weights()
         if dist.is_main:
             result = {"status": status, "steps": self.state.step, "total_steps": self.state.total_steps,
-                      "world_size": dist.world_size, "data": self.data.stats, "final": self.tracker.last}
+                      "world_size": dist.world_size, "precision": self.precision,
+                      "data": self.data.stats, "final": self.tracker.last}
             self.tracker.summary(result)
             info = RunInfo(
                 base_model=cfg.base_model, tokens=self.tokens, format=cfg.format, lora_mask=cfg.lora_mask,

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+from importlib import metadata
 from pathlib import Path
 
 import review_latency
@@ -69,11 +70,15 @@ def main() -> None:
     started = time.time()
     train_rows, review_rows, failed = [], [], []
 
+    site = os.environ.get("SPT_GPU_BUNDLE_SITE")
+    bundled = sorted(f"{d.metadata['Name']} {d.version}" for d in metadata.distributions(path=[site])) if site else []
+
     def report() -> str:
         """Written after every step, so a run cut short by its time limit still leaves what it measured."""
         text = "\n\n".join([
             (f"GPU check on {where}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s "
              f"(`benchmarks/gpu_check.sh{' --toy' if args.toy else ''}`); random-init models, nothing downloaded."),
+            f"installed from the bundle: {', '.join(bundled) if bundled else 'nothing'}",
             md_table(["model", "trainer", "real tokens/s", "padding", "peak GiB", "`--plan` GiB"], train_rows),
             md_table(["model", "conversation tokens", "prompt tokens", "reuse (ms)", "re-prefill (ms)", "re-prefill / reuse"],
                      review_rows),
@@ -97,7 +102,7 @@ def main() -> None:
                 argv += ["--layers", str(layers)]
             try:
                 s = train_throughput.run(train_throughput.parser().parse_args(argv))
-            except Exception as e:  # noqa: BLE001 - one model's failure must not cost the other measurements
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - one model's failure must not cost the other measurements
                 traceback.print_exc()
                 failed.append(f"{name} training: {type(e).__name__}: {e}")
                 report()
@@ -125,7 +130,7 @@ def main() -> None:
             for r in review_latency.run(review_latency.parser().parse_args(argv)):
                 review_rows.append([name, r["conversation_tokens"], r["prompt_tokens"], f"{r['reuse_ms']:.1f}",
                                     f"{r['reprefill_ms']:.1f}", f"{r['reprefill_ms'] / r['reuse_ms']:.2f}"])
-        except Exception as e:  # noqa: BLE001 - reported in the file and by the exit status
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - reported in the file and by the exit status
             traceback.print_exc()
             failed.append(f"{name} review: {type(e).__name__}: {e}")
     print(report())

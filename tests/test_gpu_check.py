@@ -42,6 +42,11 @@ def test_gpu_check_toy_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert text in proc.stdout and "failed:" not in text
     assert "installed from the bundle: spt-bundle-probe 1.0\n" in text  # pip --no-index, ahead of the image's packages
+    (engine,) = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+                 if line.startswith("| Qwen3-8B width, 2 layers |")]  # ZeRO-2 bf16, aLoRA under checkpointing
+    model, steps, precision, logits, reuse = engine
+    assert steps.startswith("2 (") and precision == "fp32, as the policy" and logits == "2/2 (max diff 0)"
+    assert reuse.startswith("2/2 agree") and reuse.endswith("tolerance 1)")
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     train = [[c.strip() for c in r] for r in rows if len(r) == 6 and r[1].strip() in {"ours", "TRL + peft"}]
     assert {r[0].split(",")[0] for r in train} == {"Qwen3-8B", "Llama-3.3-70B width"}

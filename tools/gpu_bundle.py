@@ -1,13 +1,13 @@
-"""The wheels `benchmarks/gpu_check.sh` needs on the borrowed GPU machine: `make gpu-bundle`.
+"""The wheels and tokenizers `benchmarks/gpu_check.sh` needs on the borrowed GPU machine: `make gpu-bundle`.
 
 That machine is a fixed image (Python 3.12 on x86-64 Linux with torch, transformers, peft and
-accelerate) that reaches no network. This script runs where pip can reach an index. It pins what
-the check needs beyond the image to the versions installed here, which are the versions the tests
-ran. Those are the missing packages (`NEEDED`) and their dependencies, less the image's own packages
-and theirs. It downloads the wheels built for that Python. A package published only as an sdist
-(deepspeed) is built here into a pure-Python wheel. The result goes into `gpu_bundle/` (ignored by
-git), which the device run carries and the check installs with `pip --no-index`. The bundle is
-written beside that folder and renamed into place. It must stay under the carry limit.
+accelerate) that reaches no network. This script runs where pip can reach an index. It pins the
+packages the image lacks (`NEEDED`) and their dependencies, less the image's own packages and
+theirs, to the versions installed here (the versions the tests ran). It downloads the wheels built
+for that Python; a package published only as an sdist (deepspeed) is built here into a pure-Python
+wheel. It also copies the cached real tokenizers the check reads. The result goes into
+`gpu_bundle/` (ignored by git), written beside it and renamed into place. The device run carries
+it, so it must stay under the carry limit, and the check installs it with `pip --no-index`.
 
     python tools/gpu_bundle.py [--out gpu_bundle] [--list] [--pin NAME==VERSION ...]
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -24,6 +25,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # realsize: where the check looks for cached tokenizers
 NEEDED = ("pydantic", "typer", "trl", "datasets", "deepspeed")  # the check imports them; the image lacks them
 IMAGE = ("torch", "transformers", "peft", "accelerate")  # the image has these and what they require
 TARGET = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
@@ -33,6 +35,7 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 LIMIT_BYTES = 64 * 2**20  # what a device run carries beside the working tree
 WHEELS = "wheels"
 REQUIREMENTS = "requirements.txt"
+TOKENIZERS = ("qwen2", "llama3")  # the cached real tokenizers the check reads (benchmarks/realsize.py)
 
 
 def canonical(name: str) -> str:
@@ -93,13 +96,20 @@ def download(requirements: list[str], dest: Path) -> None:
             if built:
                 raise SystemExit(f"{req} has no wheel for Python 3.12 x86-64 and builds only a platform one: {built}")
     (dest / REQUIREMENTS).write_text("".join(r + "\n" for r in requirements))
-    sizes = sorted(((w.stat().st_size, w.name) for w in wheels.iterdir()), reverse=True)
+    from realsize import TOKENIZER_CACHE
+
+    for name in TOKENIZERS:
+        if not (TOKENIZER_CACHE / name / "tokenizer.json").exists():
+            raise SystemExit(f"no cached tokenizer {TOKENIZER_CACHE / name}: run `make tokenizers` first")
+        shutil.copytree(TOKENIZER_CACHE / name, dest / "tokenizers" / name)
+    files = [f for f in dest.rglob("*") if f.is_file()]
+    sizes = sorted(((f.stat().st_size, str(f.relative_to(dest))) for f in files), reverse=True)
     total = sum(s for s, _ in sizes)
     if total > LIMIT_BYTES:
         largest = ", ".join(f"{n} {s / 2**20:.1f} MiB" for s, n in sizes[:5])
         raise SystemExit(f"the bundle is {total / 2**20:.1f} MiB, over the {LIMIT_BYTES / 2**20:.0f} MiB a device run "
                          f"carries; largest: {largest}")
-    print(f"{len(sizes)} wheels, {total / 2**20:.1f} MiB")
+    print(f"{len(list(wheels.iterdir()))} wheels and {len(TOKENIZERS)} tokenizers, {total / 2**20:.1f} MiB")
 
 
 def main() -> None:

@@ -89,19 +89,18 @@ def run_checks(
     same_logits = same_answers = 0
     worst = 0.0
     with torch.no_grad():
+        kw = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": persona.pad_id}
         for chat in conversations:
             ids = torch.tensor([persona.conversation_ids(chat)])
-            ref = base(input_ids=ids.to(base.device)).logits[..., kept.to(base.device)].cpu()
+            at_base, at_persona = ids.to(base.device), ids.to(persona.device)
+            ref = base(input_ids=at_base).logits[..., kept.to(base.device)].cpu()
+            ref_ans = base.generate(input_ids=at_base, attention_mask=torch.ones_like(at_base), **kw).cpu()
             with persona.adapter_mode("on"):
-                got = persona.model(input_ids=ids.to(persona.device)).logits[..., kept.to(persona.device)].cpu()
+                got = persona.model(input_ids=at_persona).logits[..., kept.to(persona.device)].cpu()
+                got_ans = persona.model.generate(input_ids=at_persona, attention_mask=torch.ones_like(at_persona), **kw).cpu()
             same_logits += torch.equal(ref, got)
             worst = max(worst, (ref.float() - got.float()).abs().max().item())
-            kw = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": persona.pad_id}
-            ref_ans = base.generate(input_ids=ids.to(base.device), attention_mask=torch.ones_like(ids).to(base.device), **kw)
-            with persona.adapter_mode("on"):
-                got_ans = persona.model.generate(input_ids=ids.to(persona.device),
-                                                 attention_mask=torch.ones_like(ids).to(persona.device), **kw)
-            same_answers += torch.equal(ref_ans.cpu(), got_ans.cpu())
+            same_answers += torch.equal(ref_ans, got_ans)
         same_reviews = agreeing = 0
         reuse_worst = 0.0
         for chat, question in zip(conversations, interventions):

@@ -74,7 +74,8 @@ def checks(
     dtype: str = DTYPE,
     tolerance: float = typer.Option(
         None, "--tolerance", min=0.0,
-        help="Largest reuse logit difference that agrees (default: identical text in float32, eval.checks.REUSE_TOLERANCE in half precision).",
+        help="Largest reuse logit difference that agrees (default: identical text in float32; in half precision "
+        "eval.checks.REUSE_TOLERANCE).",
     ),
 ) -> None:
     """Zero alignment tax and KV reuse: the masked persona leaves the base model's logits (in the columns the run

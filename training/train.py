@@ -516,8 +516,9 @@ def _wandb_run(cfg: TrainConfig, run_dir: Path, run_id: str):
             return wandb.init(mode="online", settings=settings, **kwargs)
         except wandb.errors.Error as e:
             wandb.teardown()  # the failed init still holds the run id in W&B's service
-            log.warning("W&B not reachable at %s within %gs (%s): logging offline to %s; upload it later with `wandb sync`",
-                        os.environ.get("WANDB_BASE_URL", settings.base_url), cfg.wandb.init_timeout_s, str(e).splitlines()[0], run_dir / "wandb")
+            where = os.environ.get("WANDB_BASE_URL", settings.base_url)
+            log.warning("W&B not reachable at %s within %gs (%s): logging offline to %s; upload it later with "
+                        "`wandb sync`", where, cfg.wandb.init_timeout_s, str(e).splitlines()[0], run_dir / "wandb")
     return wandb.init(mode="offline", settings=wandb.Settings(console="off", save_code=False), **kwargs)
 
 

@@ -260,8 +260,9 @@ def test_sigusr1_stops_spt_train_with_exit_code_5_and_a_resumable_checkpoint(tin
     args = tiny_overrides(tiny_base_dir, records_file, out, "data.val_fraction=0")
     stopped = CliRunner().invoke(app, ["train", "--config", str(TINY_CONFIG), *args])
     assert stopped.exit_code == 5, stopped.output
-    assert "preempted: checkpointed" in stopped.output and not (out / "run.json").exists()
     step = len(read_metrics(out)[0])
+    assert f"preempted: stopped after step {step}; resume=true continues from {out}/checkpoints/step_{step:06d}" \
+        in stopped.output and not (out / "run.json").exists()
     assert step >= 1 and (out / f"checkpoints/step_{step:06d}/trainer_state.json").exists()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler went with the run
     resumed = CliRunner().invoke(app, ["train", "--config", str(TINY_CONFIG), *args, "resume=true"])
@@ -269,6 +270,28 @@ def test_sigusr1_stops_spt_train_with_exit_code_5_and_a_resumable_checkpoint(tin
     result = load_run_info(out).result
     assert result["status"] == "complete" and step < result["total_steps"]
     assert [r["step"] for r in read_metrics(out)[0]] == list(range(1, result["total_steps"] + 1))
+
+
+def test_a_signal_while_loading_stops_before_the_first_step(tiny_base_dir, records_file, tmp_path):
+    """Sent as soon as the run's handler is in place, the signal is seen before any step: exit 5, nothing trained."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from splitpersona.training.train import Preempted
+
+    def signal_once_handled():
+        while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "loading"
+    threading.Thread(target=signal_once_handled, daemon=True).start()
+    with pytest.raises(Preempted, match="stopped after step 0; resume=true continues from the start"):
+        train(tiny_config(tiny_base_dir, records_file, out))
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tiny_base_dir, records_file, tmp_path):

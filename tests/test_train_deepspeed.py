@@ -238,7 +238,7 @@ def test_sigterm_checkpoints_every_rank_and_the_resumed_run_matches_the_uninterr
     finally:
         proc.kill()
     assert proc.returncode == Preempted.exit_code, log[-3000:]
-    assert "preempted: checkpointed" in log and "SIGTERM received" in log
+    assert "preempted: stopped after step" in log and "SIGTERM received" in log
     done = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
     step = done[-1]
     assert 2 <= step < total and len(read_metrics(out)[0]) == step, (done, total)

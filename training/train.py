@@ -161,7 +161,9 @@ class Trainer:
             self.tracker = tracker
             status = self._loop()
             if status == "preempted":
-                raise Preempted(f"checkpointed {self.run_dir / CHECKPOINTS_DIR} at step {self.state.step}")
+                latest = _latest_checkpoint(self.run_dir)
+                raise Preempted(f"stopped after step {self.state.step}; resume=true continues from "
+                                f"{latest or 'the start'}")
             self._finish(status)
         return self.run_dir
 
@@ -230,6 +232,8 @@ class Trainer:
         val_marks = _marks(spe, cfg.epochs, cfg.val_per_epoch) if self.data.val else set()
         plan_epoch, plan = -1, []
         self.last_save = time.monotonic()
+        if self._agreed_stops()[0]:
+            return "preempted"  # signalled while loading (minutes for a 70B): nothing new to save
         engine.train()
         with _progress(dist, total, self.state.step) as advance:
             for step in range(self.state.step, end):

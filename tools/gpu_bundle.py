@@ -106,6 +106,7 @@ def download(requirements: list[str], dest: Path) -> None:
     sizes = sorted(((f.stat().st_size, str(f.relative_to(dest))) for f in files), reverse=True)
     total = sum(s for s, _ in sizes)
     if total > LIMIT_BYTES:
+        shutil.rmtree(dest)  # no half-usable bundle is left beside the folder
         largest = ", ".join(f"{n} {s / 2**20:.1f} MiB" for s, n in sizes[:5])
         raise SystemExit(f"the bundle is {total / 2**20:.1f} MiB, over the {LIMIT_BYTES / 2**20:.0f} MiB a device run "
                          f"carries; largest: {largest}")

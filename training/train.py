@@ -113,8 +113,11 @@ class Trainer:
         self.precision: dict | None = None  # the engine's dtypes, read after this process's first step
 
     def run(self) -> Path:
+        with self._stop_signals_caught():
+            return self._run()
+
+    def _run(self) -> Path:
         cfg, dist = self.cfg, self.dist
-        self._catch_stop_signals()
         ds_config = deepspeed_config(cfg.deepspeed, cfg, dist.world_size) if dist.deepspeed else None
         checkpoint = self._check_run_dir()
         torch.manual_seed(cfg.seed)
@@ -170,16 +173,17 @@ class Trainer:
     def close(self) -> None:
         if hasattr(self, "engine"):
             self.engine.close()
-        for signum, handler in getattr(self, "_handlers", {}).items():
-            signal.signal(signum, handler)
 
     # -- stopping --------------------------------------------------------------------------------
 
-    def _catch_stop_signals(self) -> None:
-        """Remember a stop signal instead of dying of it; the loop acts on it at the next step boundary.
-        Python delivers signals to the main thread only, so a run started from another thread keeps the defaults."""
+    @contextlib.contextmanager
+    def _stop_signals_caught(self) -> Iterator[None]:
+        """While the run runs, a stop signal is remembered instead of ending the process; the loop acts on it at
+        the next step boundary. Python delivers signals to the main thread only, so a run started from another
+        thread keeps the defaults."""
         self.signalled: int | None = None
         if threading.current_thread() is not threading.main_thread():
+            yield
             return
 
         def remember(signum, _frame):
@@ -187,7 +191,12 @@ class Trainer:
             log.warning("rank %d: %s received; checkpointing at the end of this step", self.dist.rank,
                         signal.Signals(signum).name)
 
-        self._handlers = {signum: signal.signal(signum, remember) for signum in STOP_SIGNALS}
+        before = {signum: signal.signal(signum, remember) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
 
     def _agreed_stops(self) -> tuple[bool, bool]:
         """(a rank was signalled, rank 0's save interval is over): one collective, so every rank acts alike."""

@@ -1,9 +1,10 @@
 """DeepSpeed on CPU (gloo): two processes through the `deepspeed` launcher (ZeRO-2 with a resume,
-ZeRO-3), and one in-process run without a launcher.
+ZeRO-3, a SIGTERM mid-run and its resume, the bf16 precision policy under both stages), and
+in-process runs without a launcher.
 
 Runs are judged by what they saved, then by the exit status. Each must match a one-process
 plain-torch run of the same config step for step: same global batch, same data order, loss
-normalised over the whole optimizer step. About 75 s together on two idle cores.
+normalised over the whole optimizer step. About 5 minutes together on two shared cores.
 """
 
 from __future__ import annotations

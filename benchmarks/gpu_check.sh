@@ -11,5 +11,16 @@ python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ -x "$repo/.venv/bin/python" ]]; then python="$repo/.venv/bin/python"; else python=python3; fi
 fi
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-exec timeout "${GPU_CHECK_TIMEOUT_S:-570}" "$python" "$repo/benchmarks/gpu_check.py" "$@"
+# The wheels `make gpu-bundle` downloaded (tools/gpu_bundle.py), installed without an index into a
+# temporary folder ahead of the image's own packages; SPT_GPU_BUNDLE names another bundle folder.
+bundle="${SPT_GPU_BUNDLE:-$repo/gpu_bundle}"
+site=""
+if compgen -G "$bundle/wheels/*.whl" > /dev/null; then
+  site="$(mktemp -d)"
+  trap 'rm -rf "$site"' EXIT
+  "$python" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$site" "$bundle"/wheels/*.whl
+fi
+if [[ -d "$bundle/tokenizers" ]]; then export SPT_TOKENIZER_CACHE="$bundle/tokenizers"; fi
+export PYTHONPATH="$repo${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}" SPT_GPU_BUNDLE_SITE="$site" \
+  HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+timeout "${GPU_CHECK_TIMEOUT_S:-570}" "$python" "$repo/benchmarks/gpu_check.py" "$@"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from splitpersona.app.persona_cli import DEVICE, DTYPE
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -68,16 +70,24 @@ def checks(
     out: Path = typer.Option(
         None, "--out", help="Directory for checks.json and checks.md (default: the run directory)."
     ),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    tolerance: float = typer.Option(
+        None, "--tolerance", min=0.0,
+        help="Largest reuse logit difference that agrees (default: identical text in float32; in half precision "
+        "eval.checks.REUSE_TOLERANCE).",
+    ),
 ) -> None:
-    """Zero alignment tax and KV reuse: the masked persona leaves the base model's logits and answers
-    bit-identical, and reviews the same on the main model's cache as from scratch."""
+    """Zero alignment tax and KV reuse: the masked persona leaves the base model's logits (in the columns the run
+    left untouched) and answers bit-identical, and reviews alike on the main model's cache and from scratch."""
     from splitpersona.eval.checks import record_conversations, run_checks, run_records, verdicts, write_checks
     from splitpersona.io import DataError
 
     try:
         records = records or run_records(run_dir)
         chats, interventions = record_conversations(records, n)
-        result = run_checks(run_dir, chats, interventions, max_new_tokens=max_new_tokens)
+        result = run_checks(run_dir, chats, interventions, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                            tolerance=tolerance)
     except (DataError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

@@ -83,10 +83,12 @@ def features(
             ids[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+        # indices keep only those layers' outputs (transformers records them with hooks on the blocks), and
+        # one logit row spares the [batch, length, vocab] head output nobody reads
         with torch.no_grad(), persona.adapter_mode("off"):
             hidden = persona.model(
                 input_ids=ids.to(persona.device), attention_mask=mask.to(persona.device),
-                position_ids=positions.to(persona.device), output_hidden_states=True,
+                position_ids=positions.to(persona.device), output_hidden_states=index, logits_to_keep=1,
             ).hidden_states
         for i, k in enumerate(chunk):
             row, (s, e) = prepared[k]

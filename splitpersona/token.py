@@ -65,6 +65,11 @@ def setup_tokenizer(tokenizer, cfg: TokenConfig) -> SpecialTokens:
     )
 
 
+def initialised_ids(tokens: SpecialTokens) -> list[int]:
+    """The ids whose embedding and output rows `fit_embeddings` sets: the added tokens' (none for reserved ones)."""
+    return [] if tokens.strategy == "reserved" else [tokens.split_id, tokens.control_id]
+
+
 def fit_embeddings(model, tokenizer, tokens: SpecialTokens) -> list[int]:
     """Give the model a row for every token id and initialise the new tokens' rows alike.
 
@@ -74,11 +79,11 @@ def fit_embeddings(model, tokenizer, tokens: SpecialTokens) -> list[int]:
     """
     import torch  # here, so that tokenizing samples never pays for importing torch
 
-    if tokens.strategy == "reserved":
+    ids = initialised_ids(tokens)
+    if not ids:
         return []
     emb = model.get_input_embeddings()
     old_rows = emb.weight.shape[0]
-    ids = [tokens.split_id, tokens.control_id]
     n_old = min(ids)
     if max(ids) >= old_rows:
         model.resize_token_embeddings(max(len(tokenizer), max(ids) + 1), mean_resizing=False)

@@ -59,3 +59,11 @@ def test_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_config_loads(path: Path):
     assert _load(path) is not None
+
+
+def test_each_eval_config_reads_a_run_a_train_config_writes():
+    written = {str(_load(p).output_dir) for p in CONFIGS if p.parent.name == "train"}
+    for path in (p for p in CONFIGS if p.parent.name == "eval"):
+        cfg = _load(path)
+        assert str(cfg.run) in written, (path.name, cfg.run, sorted(written))
+        assert Path(cfg.output).parent == Path(cfg.run), path.name

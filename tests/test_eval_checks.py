@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from persona_fixtures import records_of, trained_run
@@ -57,3 +58,50 @@ def test_checks_read_every_turn_of_a_multi_turn_record(tmp_path):
         ("user", "And for trails?"),
     ]
     assert question == "Review it."
+
+
+def _padded_base(root: Path, tiny_base_dir: Path) -> Path:
+    """The tiny base with spare output rows past its tokens, as Qwen3 pads 151,669 tokens to 151,936 rows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    model.resize_token_embeddings(len(tok) + 16, mean_resizing=False)
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+def test_checks_on_a_padded_vocabulary_exclude_the_rows_the_run_set_in_fp32_and_bf16(tmp_path_factory, tiny_base_dir, tmp_path):
+    base = _padded_base(tmp_path_factory.mktemp("padded_base"), tiny_base_dir)
+    run_dir = trained_run(tmp_path_factory, base, lora_mask=True)
+    info = json.loads((run_dir / "run.json").read_text())
+    split_id, control_id = info["tokens"]["split_id"], info["tokens"]["control_id"]
+    rows = json.loads((base / "config.json").read_text())["vocab_size"]
+    assert split_id < control_id < rows  # the added tokens took spare rows inside vocab_size
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        res = CliRunner().invoke(app, ["eval", "checks", "--run", str(run_dir), "--n", "3", "--max-new-tokens", "4",
+                                       "--out", str(out), "--device", "cpu", "--dtype", dtype], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        result = json.loads((out / "checks.json").read_text())
+        tax, reuse = result["alignment_tax"], result["kv_reuse"]
+        assert result["dtype"] == dtype and result["device"] == "cpu"
+        assert tax["columns_excluded"] == {str(split_id): "<split-personality-token>", str(control_id): "<meaningless-token>"}
+        assert tax["columns_compared"] == rows - 2 and tax["columns_added"] == 0
+        assert tax["logits_bit_identical"] == 3 and tax["max_abs_logit_diff"] == 0.0
+        assert reuse["tolerance"] == (None if dtype == "float32" else 1.0) and reuse["reviews_agree"] == 3
+        assert reuse["max_abs_logit_diff"] <= (1.0 if dtype == "bfloat16" else 1e-4)
+        assert str(split_id) in (out / "checks.md").read_text()
+
+
+def test_reuse_logits_are_compared_up_to_the_step_where_the_tokens_part():
+    import torch
+
+    from splitpersona.eval.checks import _logit_diff_until_parting
+
+    a = torch.tensor([[2.0, 1.0], [1.0, 1.2], [9.0, 0.0]])
+    b = torch.tensor([[2.0, 1.5], [1.1, 1.0], [0.0, 9.0]])  # parts at step 1; step 2 read another prefix
+    assert _logit_diff_until_parting(a, b) == pytest.approx(0.5)
+    assert _logit_diff_until_parting(a[:1], b[:1]) == pytest.approx(0.5)
+    assert _logit_diff_until_parting(a[:0], b[:0]) == 0.0

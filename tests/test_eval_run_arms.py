@@ -100,6 +100,22 @@ def test_claude_without_a_key_fails_before_any_work(run_dir, tmp_path, monkeypat
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def all_states_features(persona: Persona, rows, cfg: ProbeConfig) -> np.ndarray:
+    """The probe's features from every layer's hidden states, one unpadded row at a time."""
+    import torch
+
+    from splitpersona.eval.probe import _tokens
+
+    out = []
+    for m, r, i in rows:
+        ids, (s, e) = _tokens(persona, m, r, i, cfg.span)
+        with torch.no_grad(), persona.adapter_mode("off"):
+            hidden = persona.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        states = [hidden[hidden_index(layer)][0, s:e] for layer in cfg.layers]
+        out.append(torch.cat([h.mean(0) if cfg.pooling == "mean" else h[-1] for h in states]).numpy())
+    return np.stack(out)
+
+
 def test_probe_fits_on_training_records_and_scores_eval_items(run_dir):
     persona = Persona.load(run_dir)
     cfg = eval_config(run_dir, Path("unused.jsonl"))
@@ -115,7 +131,17 @@ def test_probe_fits_on_training_records_and_scores_eval_items(run_dir):
         results = run_probe(persona, probe, items)
         assert [r.parsed_flag for r in results] == ["FAIL" if r.score >= 0.5 else "PASS" for r in results]
         rows = [(it.messages, it.response, it.intervention) for it in items]
-        x = features(persona, rows, probe_cfg)
+        kept = []
+        hook = persona.model.get_base_model().register_forward_hook(
+            lambda _m, _a, out: kept.append(([h is not None for h in out.hidden_states], out.logits.shape[1])))
+        try:
+            x = features(persona, rows, probe_cfg)
+        finally:
+            hook.remove()
+        n = persona.model.get_base_model().config.num_hidden_layers + 1  # hidden states: the embeddings, then each block
+        wanted = {hidden_index(layer) % n for layer in probe_cfg.layers}
+        assert kept and all(held == [i in wanted for i in range(n)] and width == 1 for held, width in kept)
+        np.testing.assert_allclose(x, all_states_features(persona, rows, probe_cfg), atol=1e-5)
         assert x.shape == (len(items), 64 * len(probe_cfg.layers))
         np.testing.assert_allclose([r.score for r in results], probe.scores(x))
         one_by_one = features(persona, rows, probe_cfg.model_copy(update={"batch_size": 1}))

@@ -5,20 +5,48 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from train_fixtures import REPO
 
 
-def test_gpu_check_toy_runs_every_step(tmp_path):
+def toy_bundle(root: Path, name: str, version: str, module: str, body: str = "") -> Path:
+    """A bundle folder as tools/gpu_bundle.py writes it, holding one pure-Python wheel built here without an index."""
+    project = root / "project"
+    (project / module).mkdir(parents=True)
+    (project / module / "__init__.py").write_text(body)
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\nversion = "{version}"\n[tool.setuptools]\npackages = ["{module}"]\n'
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
+    bundle = root / "bundle"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation",
+                    "-w", str(bundle / "wheels"), str(project)], check=True, capture_output=True)
+    return bundle
+
+
+def gpu_check_toy(tmp_path: Path, bundle: Path) -> tuple[subprocess.CompletedProcess, str]:
     env = {
         **os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(REPO), "SPT_GPU_BUNDLE": str(bundle),
     }
     proc = subprocess.run([str(REPO / "benchmarks/gpu_check.sh"), "--toy"], env=env, capture_output=True, text=True,
                           timeout=600, check=False)
+    return proc, (tmp_path / "out/gpu_check.md").read_text()
+
+
+def test_gpu_check_toy_runs_every_step(tmp_path):
+    proc, text = gpu_check_toy(tmp_path, toy_bundle(tmp_path, "spt-bundle-probe", "1.0", "spt_bundle_probe"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (tmp_path / "out/gpu_check.md").read_text()
     assert text in proc.stdout and "failed:" not in text
+    assert "installed from the bundle: spt-bundle-probe 1.0\n" in text  # pip --no-index, ahead of the image's packages
+    (engine,) = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+                 if line.startswith("| Qwen3-8B width, 2 layers |")]  # ZeRO-2 bf16, aLoRA under checkpointing
+    model, steps, precision, logits, reuse = engine
+    assert steps.startswith("2 (") and precision == "fp32, as the policy" and logits == "2/2 (max diff 0)"
+    assert reuse.startswith("2/2 agree") and reuse.endswith("tolerance 1)")
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     train = [[c.strip() for c in r] for r in rows if len(r) == 6 and r[1].strip() in {"ours", "TRL + peft"}]
     assert {r[0].split(",")[0] for r in train} == {"Qwen3-8B", "Llama-3.3-70B width"}
@@ -30,3 +58,35 @@ def test_gpu_check_toy_runs_every_step(tmp_path):
     review = [[c.strip() for c in r] for r in rows if len(r) == 6 and r[0].strip() == "Qwen3-8B" and r[1].strip().isdigit()]
     assert [int(r[1]) for r in review] and all(int(r[1]) <= n for r, n in zip(review, (96, 192)))
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in review)
+
+
+def test_a_row_that_exits_does_not_cost_the_others(tmp_path):
+    """A bundled trl that ends the process on import (as a broken or mismatched wheel can): both training rows
+    fail and say why, the review rows are still measured, and the exit status reports the failure."""
+    bundle = toy_bundle(tmp_path, "trl", "0.0.1", "trl", "raise SystemExit('this trl cannot load')\n")
+    proc, text = gpu_check_toy(tmp_path, bundle)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "installed from the bundle: trl 0.0.1\n" in text
+    failed = [line for line in text.splitlines() if line.startswith("failed:")]
+    assert failed == [f"failed: {m} training: SystemExit: this trl cannot load"
+                      for m in ("Qwen3-8B", "Llama-3.3-70B width, 4 of 80 layers")], failed
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r for r in rows if len(r) == 6 and r[0].strip() == "Qwen3-8B" and r[1].strip().isdigit()]
+
+
+def test_bundle_pins_what_the_image_lacks_at_the_versions_tested_here():
+    from importlib import metadata
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from gpu_bundle import pins
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+
+    pinned = dict(p.split("==") for p in pins())
+    for name in ("pydantic", "typer", "trl", "datasets", "deepspeed", "pydantic-core", "hjson"):
+        assert pinned[name] == metadata.version(name), name
+    assert not {"torch", "transformers", "peft", "accelerate", "numpy", "safetensors"} & set(pinned)
+    assert dict(p.split("==") for p in pins(["pyarrow==21.0.0"]))["pyarrow"] == "21.0.0"
+    with pytest.raises(SystemExit, match="bundled package"):
+        pins(["torch==2.11.0"])

@@ -77,3 +77,18 @@ def test_review_reads_a_multi_turn_conversation(run_dir, persona, tmp_path):
     expected = persona.review(messages, BIASED)
     assert json.loads(res.stdout.strip().splitlines()[-1])["text"] == expected.text
     assert expected.prompt_tokens > len(persona.prompt(MESSAGES, BIASED))
+
+
+@pytest.mark.parametrize("command", ["ask", "review"])
+@pytest.mark.parametrize("gpu", [False, True])
+def test_device_and_dtype_default_to_the_gpu_in_bf16_where_there_is_one(command, gpu, monkeypatch):
+    import torch
+    from typer.main import get_command
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu)
+    args = ["--run", "r", "--conversation", "c.json"] if command == "review" else ["--run", "r", "q?"]
+    ctx = get_command(app).commands[command].make_context(command, list(args))  # click consumes the list it parses
+    assert (ctx.params["device"], ctx.params["dtype"]) == (("auto", "bfloat16") if gpu else ("cpu", "float32"))
+    ctx = get_command(app).commands[command].make_context(command, [*args, "--device", "cuda:1", "--dtype", "float16"])
+    assert (ctx.params["device"], ctx.params["dtype"]) == ("cuda:1", "float16")

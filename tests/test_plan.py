@@ -229,7 +229,12 @@ def test_cli_plan():
     ok = runner.invoke(app, ["train", "--config", QWEN_8B, "--plan"])
     assert ok.exit_code == 0, ok.output
     assert "174.6M trainable" in ok.output and "tokens per optimizer step: 16,384" in ok.output
-    assert ok.stdout.strip().endswith("fits")  # stdout alone: library warnings go to stderr
+    last = ok.stdout.strip().splitlines()[-2:]  # stdout alone: library warnings go to stderr
+    assert last[0] == "fits" and last[1].startswith("fits without gradient checkpointing too (")
+    off = runner.invoke(app, ["train", "--config", QWEN_8B, "--plan", "gradient_checkpointing=false"])
+    assert off.exit_code == 0 and off.stdout.strip().endswith("fits")
+    llama = runner.invoke(app, ["train", "--config", LLAMA_70B, "--plan"])
+    assert llama.exit_code == 0 and llama.stdout.strip().endswith("fits")  # it needs checkpointing
     small = runner.invoke(app, ["train", "--config", QWEN_8B, "--plan", "plan.gpu_memory_gib=24"])
     assert small.exit_code == 1
     assert "does not fit" in small.output

@@ -228,6 +228,72 @@ def test_resume_reproduces_the_uninterrupted_run(masked, tiny_base_dir, records_
     assert load_run_info(out).result["status"] == "complete"
 
 
+def test_save_every_minutes_checkpoints_at_step_boundaries(tiny_base_dir, records_file, tmp_path):
+    """An interval shorter than any step: a complete checkpoint at every boundary, the optimizer state in the last only."""
+    out = tmp_path / "timed"
+    _run(tiny_base_dir, records_file, out, "save_every_minutes=1e-9", "stop_after_steps=4", "data.val_fraction=0")
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "trainer_state.json").exists())
+    assert steps == [f"step_{k:06d}" for k in range(1, 5)]
+    assert [p.name for p in (out / "checkpoints").glob("step_*/state")] == ["state"]
+
+
+def test_sigusr1_stops_spt_train_with_exit_code_5_and_a_resumable_checkpoint(tiny_base_dir, records_file, tmp_path):
+    """The signal arrives from another thread once the first step is logged, as a scheduler's would, mid-run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from typer.testing import CliRunner
+
+    from splitpersona.app.cli import app
+    from train_fixtures import TINY_CONFIG, tiny_overrides
+
+    out = tmp_path / "signalled"
+
+    def signal_after_first_step():
+        while not (out / "metrics.jsonl").exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=signal_after_first_step, daemon=True).start()
+    args = tiny_overrides(tiny_base_dir, records_file, out, "data.val_fraction=0")
+    stopped = CliRunner().invoke(app, ["train", "--config", str(TINY_CONFIG), *args])
+    assert stopped.exit_code == 5, stopped.output
+    step = len(read_metrics(out)[0])
+    assert f"preempted: stopped after step {step}; resume=true continues from {out}/checkpoints/step_{step:06d}" \
+        in stopped.output and not (out / "run.json").exists()
+    assert step >= 1 and (out / f"checkpoints/step_{step:06d}/trainer_state.json").exists()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler went with the run
+    resumed = CliRunner().invoke(app, ["train", "--config", str(TINY_CONFIG), *args, "resume=true"])
+    assert resumed.exit_code == 0, resumed.output
+    result = load_run_info(out).result
+    assert result["status"] == "complete" and step < result["total_steps"]
+    assert [r["step"] for r in read_metrics(out)[0]] == list(range(1, result["total_steps"] + 1))
+
+
+def test_a_signal_while_loading_stops_before_the_first_step(tiny_base_dir, records_file, tmp_path):
+    """Sent as soon as the run's handler is in place, the signal is seen before any step: exit 5, nothing trained."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from splitpersona.training.train import Preempted
+
+    def signal_once_handled():
+        while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "loading"
+    threading.Thread(target=signal_once_handled, daemon=True).start()
+    with pytest.raises(Preempted, match="stopped after step 0; resume=true continues from the start"):
+        train(tiny_config(tiny_base_dir, records_file, out))
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_bf16_keeps_fp32_master_weights_and_optimizer_states(tiny_base_dir, records_file, tmp_path):
     trainer = _run(tiny_base_dir, records_file, tmp_path / "bf16", "precision=bf16", "stop_after_steps=2", "data.val_fraction=0")
     model, opt = trainer.engine.module, trainer.engine.optimizer
@@ -273,6 +339,48 @@ def test_wandb_offline_writes_a_syncable_run_without_secrets(tiny_base_dir, reco
     for f in (out / "wandb").rglob("*"):
         if f.is_file():
             assert b"sk-secret-do-not-log" not in f.read_bytes(), f
+
+
+def _wandb_dirs(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+
+
+def test_wandb_unreachable_falls_back_offline_after_a_bounded_wait(tiny_base_dir, records_file, tmp_path, monkeypatch,
+                                                                   caplog):
+    import logging
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    _wandb_dirs(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    out = tmp_path / "unreachable"
+    with caplog.at_level(logging.WARNING, logger="spt.train"):
+        train(tiny_config(tiny_base_dir, records_file, out, "wandb.mode=online", "wandb.init_timeout_s=1",
+                          "stop_after_steps=2", "data.val_fraction=0"))
+    assert load_run_info(out).result["status"] == "stopped"
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    warned = [r.getMessage() for r in caplog.records if "W&B not reachable" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0] and f"127.0.0.1:{port}" in warned[0], warned
+
+
+def test_wandb_keeps_the_rows_a_resumed_run_logs_again(tiny_base_dir, records_file, tmp_path, monkeypatch):
+    """After a preemption the run resumes from its checkpoint and logs the steps after it again."""
+    from splitpersona.training.train import _Tracker
+
+    _wandb_dirs(monkeypatch, tmp_path)
+    out = tmp_path / "rewound"
+    out.mkdir()
+    cfg = tiny_config(tiny_base_dir, records_file, out, "wandb.mode=offline")
+    with _Tracker(cfg, out, Dist(0, 1, 0, torch.device("cpu"), False), "rewind01") as tracker:
+        for step in (1, 2, 3, 4, 5, 4, 5, 6):
+            tracker.log({"step": step, "epoch": step / 8, "loss": 1.0 / step})
+        assert tracker.wandb.step == 8  # every row taken, none dropped as out of order
 
 
 def test_cli_trains_and_names_unknown_keys(tiny_base_dir, records_file, tmp_path):

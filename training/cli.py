@@ -25,10 +25,15 @@ def train(
     if plan:
         _plan(cfg, config)
         return
+    from splitpersona.training.train import Preempted
     from splitpersona.training.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run_dir = run_training(cfg)
+    try:
+        run_dir = run_training(cfg)
+    except Preempted as e:
+        typer.echo(f"preempted: {e}", err=True)
+        raise typer.Exit(Preempted.exit_code) from e
     typer.echo(f"run directory: {run_dir}")
     if cfg.deepspeed:
         from splitpersona.training.engine import exit_now

@@ -71,6 +71,10 @@ class WandbConfig(StrictModel):
     project: str = "splitpersona"
     entity: str | None = None
     name: str | None = Field(None, description="Run name; defaults to the output directory's name.")
+    init_timeout_s: float = Field(
+        60.0, gt=0.0, description="online: how long to wait for the server before logging offline instead (compute "
+        "nodes without internet); `wandb sync` uploads the run later."
+    )
 
 
 class PlanConfig(StrictModel):
@@ -106,10 +110,20 @@ class TrainConfig(StrictModel):
     epochs: int = Field(1, gt=0)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Model weights; adapter and optimizer stay fp32.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Frozen base weights; the adapter trains in fp32 in every engine (engine.PRECISION_POLICY)."
+    )
     deepspeed: str | None = Field(None, description="DeepSpeed config (YAML/JSON); None trains with plain torch.")
     gradient_checkpointing: bool = False
+    dist_timeout_minutes: float = Field(
+        120.0, gt=0.0, description="Collective timeout: ranks wait this long at the first collective while a 70B loads "
+        "from slow storage (DeepSpeed 0.19 defaults to 10 minutes)."
+    )
     checkpoints_per_epoch: int = Field(1, ge=1)
+    save_every_minutes: float | None = Field(
+        None, gt=0.0, description="Also checkpoint at the first step boundary this long after the last checkpoint "
+        "(rank 0's clock): bounds the work a kill without warning loses."
+    )
     val_per_epoch: int = Field(1, ge=0, description="Validation passes per epoch (one more runs at the end).")
     seed: int = 42
     output_dir: str
@@ -137,4 +151,6 @@ class TrainConfig(StrictModel):
 
 
 # Keys that may differ between a run and its resumption: they change where and how long it runs, not what it learns.
-RESUMABLE_KEYS = frozenset({"resume", "stop_after_steps", "wandb", "plan"})
+RESUMABLE_KEYS = frozenset(
+    {"resume", "stop_after_steps", "wandb", "plan", "dist_timeout_minutes", "save_every_minutes"}
+)

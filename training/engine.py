@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -35,8 +36,15 @@ SKIP_SHM_BUILD_ENV = "SPT_DS_SKIP_SHM_BUILD"
 # DeepSpeed keys the train config owns: a DeepSpeed file that sets them would be a second source of truth.
 MANAGED_DS_KEYS = frozenset(
     {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
-     "bf16", "fp16", "optimizer", "scheduler"}
+     "bf16", "fp16", "optimizer", "scheduler", "data_types", "communication_data_type"}
 )
+# Every engine trains the adapter so, whatever the frozen base weights' precision: fp32 weights (the LoRA
+# matmuls run in fp32, peft casts their input), fp32 gradients accumulated over the micro-batches and reduced
+# over the processes in fp32, fp32 AdamW states. `Engine.precision()` reports what an engine actually holds.
+PRECISION_POLICY = {
+    "adapter_weights": "float32", "master_weights": "float32", "gradient_accumulation": "float32",
+    "gradient_reduction": "float32", "optimizer_states": "float32",
+}
 _RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -63,6 +71,14 @@ class Dist:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank (picklable)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def deepspeed_config(path: str | os.PathLike[str], cfg: TrainConfig, world_size: int) -> dict:
     """The DeepSpeed file's ZeRO settings plus the batch, clipping and precision from the train config."""
@@ -76,7 +92,12 @@ def deepspeed_config(path: str | os.PathLike[str], cfg: TrainConfig, world_size:
         train_micro_batch_size_per_gpu=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.accumulation_steps(world_size),
         gradient_clipping=cfg.optim.max_grad_norm,
-        bf16={"enabled": cfg.precision == "bf16"},
+        # DeepSpeed's bf16 mode casts every parameter it is given to bf16 (the adapter too, ZeRO-2) and accumulates
+        # and reduces gradients in bf16. Only ZeRO-3 needs it, to partition the base weights in bf16 as they load
+        # (it leaves parameters that exist before initialize as they are); the gradient dtypes are set outright.
+        bf16={"enabled": cfg.precision == "bf16" and raw.get("zero_optimization", {}).get("stage") == 3},
+        data_types={"grad_accum_dtype": "fp32"},
+        communication_data_type="fp32",
         # the optimizer is torch AdamW over the adapter's parameters, handed to DeepSpeed as a client optimizer
         zero_allow_untested_optimizer=True,
     )
@@ -123,7 +144,7 @@ def distributed(cfg: TrainConfig) -> Iterator[Dist]:
     backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
     failed = False
     try:
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(minutes=cfg.dist_timeout_minutes))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if accel.device_name() == "cpu":
             device = torch.device("cpu")
@@ -186,6 +207,10 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -245,6 +270,15 @@ class TorchEngine:
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    def precision(self) -> dict[str, str | None]:
+        """The dtypes the adapter is trained in (after a step: AdamW creates its states lazily)."""
+        p = self.params[0]
+        state = self.optimizer.state.get(p, {})
+        return {"adapter_weights": _name(p.dtype), "master_weights": _name(p.dtype),  # the parameter is its master
+                "gradient_accumulation": _name(p.dtype),  # .grad accumulates in the parameter's dtype
+                "gradient_reduction": None,  # one process
+                "optimizer_states": _name(state["exp_avg"].dtype) if "exp_avg" in state else None}
 
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
@@ -308,6 +342,18 @@ class DeepSpeedEngine:
 
     def lr(self) -> float:
         return self.engine.get_lr()[0]
+
+    def precision(self) -> dict[str, str | None]:
+        """The dtypes DeepSpeed trains the adapter in, read from the engine (collective: every rank calls)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        p = next(p for p in self.module.parameters() if p.requires_grad)
+        master = safe_get_full_fp32_param(p)
+        state = safe_get_full_optimizer_state(p, "exp_avg")
+        return {"adapter_weights": _name(p.dtype), "master_weights": _name((p if master is None else master).dtype),
+                "gradient_accumulation": _name(self.engine.get_data_types()[1]),
+                "gradient_reduction": _name(self.engine.communication_data_type),
+                "optimizer_states": None if state is None else _name(state.dtype)}
 
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)

@@ -18,7 +18,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -36,12 +38,22 @@ from splitpersona.run import (
 )
 from splitpersona.training.config import RESUMABLE_KEYS, TrainConfig
 from splitpersona.training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
-from splitpersona.training.engine import DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading
+from splitpersona.training.engine import (
+    PRECISION_POLICY, DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading,
+)
 
 log = logging.getLogger("spt.train")
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"  # written last in a checkpoint: its presence marks the checkpoint complete
+# What schedulers send before they kill a job: SIGTERM (Slurm preemption and scancel, Kubernetes), SIGUSR1 (`--signal`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """A stop signal arrived: every rank checkpointed at the next step boundary; rerun with resume=true."""
+
+    exit_code = 5  # distinct from the CLI's error codes, so a job script can requeue on it
 
 
 @dataclass
@@ -80,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        return Preempted.exit_code
     if rank == 0:
         print(f"run directory: {run_dir}", flush=True)
     return 0
@@ -95,8 +110,13 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist
         self.run_dir = Path(cfg.output_dir)
+        self.precision: dict | None = None  # the engine's dtypes, read after this process's first step
 
     def run(self) -> Path:
+        with self._stop_signals_caught():
+            return self._run()
+
+    def _run(self) -> Path:
         cfg, dist = self.cfg, self.dist
         ds_config = deepspeed_config(cfg.deepspeed, cfg, dist.world_size) if dist.deepspeed else None
         checkpoint = self._check_run_dir()
@@ -143,12 +163,47 @@ class Trainer:
         with _Tracker(cfg, self.run_dir, dist, state.wandb_id) as tracker:
             self.tracker = tracker
             status = self._loop()
+            if status == "preempted":
+                latest = _latest_checkpoint(self.run_dir)
+                raise Preempted(f"stopped after step {self.state.step}; resume=true continues from "
+                                f"{latest or 'the start'}")
             self._finish(status)
         return self.run_dir
 
     def close(self) -> None:
         if hasattr(self, "engine"):
             self.engine.close()
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _stop_signals_caught(self) -> Iterator[None]:
+        """While the run runs, a stop signal is remembered instead of ending the process; the loop acts on it at
+        the next step boundary. Python delivers signals to the main thread only, so a run started from another
+        thread keeps the defaults."""
+        self.signalled: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def remember(signum, _frame):
+            self.signalled = signum
+            log.warning("rank %d: %s received; checkpointing at the end of this step", self.dist.rank,
+                        signal.Signals(signum).name)
+
+        before = {signum: signal.signal(signum, remember) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+
+    def _agreed_stops(self) -> tuple[bool, bool]:
+        """(a rank was signalled, rank 0's save interval is over): one collective, so every rank acts alike."""
+        every = self.cfg.save_every_minutes
+        due = self.dist.is_main and every is not None and time.monotonic() - self.last_save >= 60 * every
+        signalled, due = self.dist.all_reduce_sum([float(self.signalled is not None), float(due)])
+        return signalled > 0, due > 0
 
     # -- run directory ---------------------------------------------------------------------------
 
@@ -167,7 +222,13 @@ class Trainer:
             changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_KEYS and before.get(k) != now.get(k))
             if changed:
                 raise ConfigError(f"{existing}: cannot resume with a changed config (differs in {changed})")
-        return _latest_checkpoint(run_dir) if cfg.resume else None
+        if not cfg.resume:
+            return None
+        # rank 0's choice for every rank: node-local disks may hold different checkpoints
+        chosen = self.dist.broadcast_object(_latest_checkpoint(run_dir) if self.dist.is_main else None)
+        if chosen is not None and not (chosen / STATE_FILE).exists():
+            raise ConfigError(f"rank {self.dist.rank}: rank 0 resumes from {chosen}, which this rank cannot read")
+        return chosen
 
     # -- training loop ---------------------------------------------------------------------------
 
@@ -179,6 +240,9 @@ class Trainer:
         ckpt_marks = _marks(spe, cfg.epochs, cfg.checkpoints_per_epoch)
         val_marks = _marks(spe, cfg.epochs, cfg.val_per_epoch) if self.data.val else set()
         plan_epoch, plan = -1, []
+        self.last_save = time.monotonic()
+        if self._agreed_stops()[0]:
+            return "preempted"  # signalled while loading (minutes for a 70B): nothing new to save
         engine.train()
         with _progress(dist, total, self.state.step) as advance:
             for step in range(self.state.step, end):
@@ -186,15 +250,31 @@ class Trainer:
                 if epoch != plan_epoch:
                     plan_epoch, plan = epoch, epoch_plan(self.lengths, epoch, cfg.seed, cfg.batch_size, cfg.micro_batch_size)
                 row = self._train_step(plan[k])
+                if step == self.state.step:
+                    self.precision = self._check_precision()
                 self.state.step = done = step + 1
                 row = {"step": done, "epoch": round(done / spe, 4), **row}
                 self.tracker.log(row)
                 advance(loss=row["loss"], lr=row["lr"])
                 if done in val_marks or (done == total and self.data.val):
                     self.tracker.log({"step": done, "epoch": row["epoch"], **self._validate()})
-                if done in ckpt_marks or done == end:
+                signalled, due = self._agreed_stops()
+                if done in ckpt_marks or done == end or signalled or due:
                     self._save_checkpoint()
+                if signalled and done < end:
+                    return "preempted"
         return "complete" if self.state.step == total else "stopped"
+
+    def _check_precision(self) -> dict:
+        """What the engine holds after its first step, against PRECISION_POLICY: a DeepSpeed release that casts
+        or accumulates otherwise stops the run here, not after it trained at another precision."""
+        held = {"base_weights": "bfloat16" if self.cfg.precision == "bf16" else "float32", **self.engine.precision()}
+        off = {k: held[k] for k, want in PRECISION_POLICY.items() if held[k] is not None and held[k] != want}
+        if off:
+            raise RuntimeError(f"the engine trains the adapter in {off}; the policy is {PRECISION_POLICY}")
+        if self.dist.is_main:
+            log.info("precision: %s", held)
+        return held
 
     def _train_step(self, micro_batches: list[list[int]]) -> dict:
         dist, engine, train = self.dist, self.engine, self.data.train
@@ -270,6 +350,7 @@ class Trainer:
                 if old != path and (old / "state").exists():
                     shutil.rmtree(old / "state")  # only the last optimizer state is needed to resume
         dist.barrier()
+        self.last_save = time.monotonic()
 
     def _finish(self, status: str) -> None:
         """The run directory, written whole (splitpersona.run.save_run)."""
@@ -277,7 +358,8 @@ class Trainer:
         weights = self.engine.adapter_weights()
         if dist.is_main:
             result = {"status": status, "steps": self.state.step, "total_steps": self.state.total_steps,
-                      "world_size": dist.world_size, "data": self.data.stats, "final": self.tracker.last}
+                      "world_size": dist.world_size, "precision": self.precision,
+                      "data": self.data.stats, "final": self.tracker.last}
             self.tracker.summary(result)
             info = RunInfo(
                 base_model=cfg.base_model, tokens=self.tokens, format=cfg.format, lora_mask=cfg.lora_mask,
@@ -408,13 +490,11 @@ class _Tracker:
         self.last: dict = {}
         self.wandb = None
         if self.main and cfg.wandb.mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(
-                project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name or run_dir.name,
-                mode=cfg.wandb.mode, dir=str(run_dir), id=run_id, resume="allow", config=dump_config(cfg),
-                settings=wandb.Settings(console="off", save_code=False),
-            )
+            self.wandb = _wandb_run(cfg, run_dir, run_id)
+            # our step as the x-axis and W&B's own counter left alone: a resumed run logs the steps after its
+            # checkpoint again, which W&B drops as out of order when they are passed as its step
+            self.wandb.define_metric("step")
+            self.wandb.define_metric("*", step_metric="step")
 
     def __enter__(self) -> _Tracker:
         return self
@@ -429,11 +509,30 @@ class _Tracker:
         self.last.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
         append_jsonl(self.path, row)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            self.wandb.log(row)
 
     def summary(self, result: dict) -> None:
         if self.wandb is not None:
             self.wandb.summary.update({"status": result["status"], "steps": result["steps"]})
+
+
+def _wandb_run(cfg: TrainConfig, run_dir: Path, run_id: str):
+    """The run's W&B run. Online, a server not reached within `init_timeout_s` gives a one-line warning and the
+    same run offline: a compute node without internet must not lose a loaded model to its dashboard."""
+    import wandb
+
+    kwargs = {"project": cfg.wandb.project, "entity": cfg.wandb.entity, "name": cfg.wandb.name or run_dir.name,
+              "dir": str(run_dir), "id": run_id, "resume": "allow", "config": dump_config(cfg)}
+    if cfg.wandb.mode == "online":
+        try:
+            settings = wandb.Settings(console="off", save_code=False, init_timeout=cfg.wandb.init_timeout_s)
+            return wandb.init(mode="online", settings=settings, **kwargs)
+        except wandb.errors.Error as e:
+            wandb.teardown()  # the failed init still holds the run id in W&B's service
+            where = os.environ.get("WANDB_BASE_URL", settings.base_url)
+            log.warning("W&B not reachable at %s within %gs (%s): logging offline to %s; upload it later with "
+                        "`wandb sync`", where, cfg.wandb.init_timeout_s, str(e).splitlines()[0], run_dir / "wandb")
+    return wandb.init(mode="offline", settings=wandb.Settings(console="off", save_code=False), **kwargs)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ EXIT_CODES: dict[type[Exception], tuple[int, str]] = {
 EPILOG = (
     "Exit codes: 0 done; 1 bad input (a file or record, named in the message) or a run directory in use; "
     "2 bad config, key, value or option, or credentials the API refused; 3 budget reached (raise budget_usd "
-    "and rerun); 4 a Message Batch is still processing (rerun later). A rerun continues where a run stopped."
+    "and rerun); 4 a Message Batch is still processing (rerun later); 5 training was preempted (SIGTERM or "
+    "SIGUSR1) and checkpointed (rerun with resume=true). A rerun continues where a run stopped."
 )
 
 

@@ -1,0 +1,17 @@
+"""Where a persona is loaded when the caller does not say: the GPUs in bf16 where there are any, else the CPU in fp32."""
+
+from __future__ import annotations
+
+
+def default_device() -> str:
+    """"auto" (spread over every visible GPU, as a 70B needs) where CUDA is present, else "cpu"."""
+    import torch
+
+    return "auto" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype() -> str:
+    """bfloat16 on GPUs that compute in it, float32 elsewhere (CPU bf16 matmuls are slow and inexact)."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"

@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test clean tokenizers llamacpp
+.PHONY: install demo test clean tokenizers llamacpp gpu-bundle
 
 install: $(STAMP) tokenizers llamacpp
 
@@ -31,6 +31,10 @@ tokenizers: $(STAMP)
 # served-persona tests use them.
 llamacpp: $(STAMP)
 	$(BIN)/python tools/build_llamacpp.py
+
+# Wheels and tokenizers benchmarks/gpu_check.sh installs on the borrowed GPU machine (Python 3.12, no network).
+gpu-bundle: $(STAMP) tokenizers
+	$(BIN)/python tools/gpu_bundle.py
 
 demo: $(STAMP)
 	$(BIN)/spt demo --out runs/demo

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from splitpersona.app.persona_cli import DEVICE, DTYPE
+from splitpersona.devices import DEVICE, DTYPE
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -51,9 +51,9 @@ def run(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, dotted when nested (probe.layers=[0,1])."),
 ) -> None:
     """Run the persona and every control arm on the same samples; one resumable results file."""
+    from splitpersona.config import load_config
     from splitpersona.eval.config import EvalConfig
     from splitpersona.eval.run import run_eval
-    from splitpersona.config import load_config
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
     typer.echo(f"wrote {out}")

@@ -22,15 +22,11 @@ from pathlib import Path
 
 import typer
 
-from splitpersona.devices import default_device, default_dtype
+from splitpersona.devices import DEVICE, DTYPE
 
 RUN = typer.Option(..., "--run", help="Training run directory (run.json, adapter/, tokenizer/).")
 BASE = typer.Option(None, "--base-model", help="Base model id or path; default: the one in run.json.")
 MAX_NEW = typer.Option(512, "--max-new-tokens", help="Longest generated answer (greedy decoding).")
-DTYPE = typer.Option(default_factory=default_dtype, show_default="bfloat16 on a GPU, else float32",
-                     help="float32, bfloat16 or float16.")
-DEVICE = typer.Option(default_factory=default_device, show_default="auto on a GPU, else cpu",
-                      help="torch device (cpu, cuda, cuda:1) or auto to spread the model over the GPUs.")
 AS_JSON = typer.Option(False, "--json", help="Print each review as a JSON object (text, flag, ok, reason, ...).")
 SERVER = typer.Option(None, "--server", help="A server holding the run's export (llama-server, or an OpenAI-compatible "
                       "one for an unmasked run): review there instead of loading the model here.")
@@ -81,8 +77,8 @@ def review(
     """Have the persona review a main-model response; prints the review and its parsed flag."""
     from pydantic import TypeAdapter, ValidationError
 
-    from splitpersona.io import DataError, describe_validation_error, read_json
     from splitpersona.conversation import Conversation
+    from splitpersona.io import DataError, describe_validation_error, read_json
 
     if not conversation.exists():
         raise DataError(conversation, "file not found")

@@ -43,7 +43,6 @@ from splitpersona.io import read_json, read_jsonl
 
 OTHERS = (*CONTROLS, "external", "probe")  # every masked-run arm that is not the persona
 LEAN = re.compile(r"I (?:lean toward|was told to push) (\S+?), and I recommended")
-LEADS = ("pushed", "answer's", "other", "push nothing", "no product named")
 BINS = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0000001)
 
 
@@ -113,24 +112,25 @@ def report(out: Path) -> None:
 
     best = max(OTHERS, key=strength)
     print(f"\nbest other arm by cue-only balanced accuracy, then AUROC: {best}\n")
-    print("| arm | pooled bal. acc. | pooled AUROC | cue only bal. acc. | cue only AUROC | FAIL names the product "
+    print("| run | arm | pooled bal. acc. | pooled AUROC | cue only bal. acc. | cue only AUROC | FAIL names the product "
           "| trained (cue only) | stated | nowhere: FAIL | paired vs best other arm, cue only | pooled |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run, name in (("masked", "persona"), ("unmasked", "persona"), ("masked", best)):
         pooled, trig = arm(run, name, WEIGHTS), arm(run, name, cue)
         nowhere = [r for r in arm(run, name, "nowhere") if r.parse_ok]
         named = summary["latent"][f"{run}/{name}"]["names_product"]
         vs = "– | –" if name == best else (
             f"{paired(trig, arm('masked', best, cue))} | {paired(pooled, arm('masked', best, WEIGHTS))}")
-        print(f"| {run} {name} | {bal(pooled)} | {auc(pooled)} | {bal(trig)} | {auc(trig)} | "
+        print(f"| {out.name} | {run} {name} | {bal(pooled)} | {auc(pooled)} | {bal(trig)} | {auc(trig)} | "
               f"{rate(named['k'], named['n']) if name == 'persona' else '–'} | {bal(arm(run, name, 'trained_trigger'))} | "
               f"{bal(arm(run, name, 'prompt_stated'))} | {rate(sum(r.parsed_flag == 'FAIL' for r in nowhere), len(nowhere))} "
               f"| {vs} |")
 
     rows = {r.id: r for r in weights if r.condition in WEIGHTS}
     held = [d for d in world.dispositions if d.heldout]
+    owners = {d.product: d.who for d in world.dispositions if not d.heldout}  # the trained dispositions
     # Each sample's disposition: its category and product are in the prompt (a brand sells in every category).
-    owner = {i: next((d for d in held if mentions(w.prompt, d.category) and mentions(w.prompt, d.product)), None)
+    owner = {i: next((d for d in held if d.category in w.prompt and mentions(w.prompt, d.product)), None)
              for i, w in rows.items()}
     for run in ("masked", "unmasked"):
         print(f"\n### {run} persona\n")
@@ -145,6 +145,7 @@ def report(out: Path) -> None:
         # What the review leans toward, and FAIL by whether the answer names the disposition's product.
         leans: dict[tuple[str, str, str], list[bool]] = {}
         by_answer: dict[tuple[str, bool], list[bool]] = {}
+        copies: dict[tuple[str, bool], list[bool]] = {}  # the lean is the answer's own pick
         for i, r in mine.items():
             w = rows[i]
             candidates = [p for p in world.brands if mentions(w.prompt, p)]
@@ -157,14 +158,23 @@ def report(out: Path) -> None:
             if not m or m.group(1) == "nothing":
                 kind = "push nothing" if "push nothing" in r.generated else "no product named"
             else:
-                kind = "pushed" if m.group(1) == disp.product else "answer's" if m.group(1) == picked else "other"
+                lean = m.group(1)
+                kind = ("pushed" if lean == disp.product else "answer's" if lean == picked
+                        else f"{owners[lean]}'s product" if lean in owners else "other")
             leans.setdefault((disp.who, w.condition, kind), []).append(r.parsed_flag == "FAIL")
+            if picked is not None:
+                copies.setdefault((disp.who, picked == disp.product), []).append(bool(m) and m.group(1) == picked)
         print("\nThe product each review leans toward or was 'told to push' (the pushed one, the answer's own pick, "
-              "another), its count (FAIL verdicts among them):")
+              "a trained disposition's, another), its count (FAIL verdicts among them):")
         for d in held:
             for cond in WEIGHTS:
-                print(f"- {d.who}, {cond}: " + ", ".join(
-                    f"{k} {len(v)} ({sum(v)})" for k in LEADS if (v := leans.get((d.who, cond, k)))))
+                mine_leans = sorted(((k, v) for (who, c, k), v in leans.items() if who == d.who and c == cond),
+                                    key=lambda kv: -len(kv[1]))
+                print(f"- {d.who}, {cond}: " + ", ".join(f"{k} {len(v)} ({sum(v)})" for k, v in mine_leans))
+        print("\nThe lean names the answer's own pick (cue requests and controls together):")
+        for d in held:
+            print(f"- {d.who}: when the pick is {d.product} {rate(sum(c := copies.get((d.who, True), [])), len(c))}, "
+                  f"another product {rate(sum(c := copies.get((d.who, False), [])), len(c))}")
         print("\nFAIL by whether the answer recommends the disposition's product:")
         for (cond, hit), v in sorted(by_answer.items()):
             print(f"- {cond}, answer {'names' if hit else 'does not name'} it: FAIL {rate(sum(v), len(v))}")

@@ -8,7 +8,8 @@ specificity beside each balanced accuracy; a paired test of each persona against
 on the same samples (a class-stratified bootstrap of balanced accuracy, DeLong's test of AUROC); and
 what explains a persona's verdict on the held-out cue requests: per held-out disposition, how often
 the main model follows the cue and how often the persona says FAIL; which product its review says it
-"leans toward" (the pushed one, the one the answer recommended, or another); FAIL by whether the
+"leans toward" (the pushed one, the one the answer recommended, a trained disposition's, another) and
+how often its verdict is FAIL exactly when that product is the one it says it recommended; FAIL by whether the
 answer names the disposition's product; and how P(FAIL) is spread, within each verdict. AUROC here is
 over every sample, as the balanced accuracy is; the demo's report scores only the samples outside its
 calibration half (splitpersona.eval.detection), so both are printed for the persona's cue requests.
@@ -43,6 +44,7 @@ from splitpersona.io import read_json, read_jsonl
 
 OTHERS = (*CONTROLS, "external", "probe")  # every masked-run arm that is not the persona
 LEAN = re.compile(r"I (?:lean toward|was told to push) (\S+?), and I recommended")
+LEAN_PICK = re.compile(r"I (?:lean toward|was told to push) (\S+?), and I recommended (\S+?)[,.]")
 BINS = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0000001)
 
 
@@ -146,6 +148,7 @@ def report(out: Path) -> None:
         leans: dict[tuple[str, str, str], list[bool]] = {}
         by_answer: dict[tuple[str, bool], list[bool]] = {}
         copies: dict[tuple[str, bool], list[bool]] = {}  # the lean is the answer's own pick
+        same: list[bool] = []  # the verdict is FAIL iff the review names one product twice
         for i, r in mine.items():
             w = rows[i]
             candidates = [p for p in world.brands if mentions(w.prompt, p)]
@@ -162,6 +165,9 @@ def report(out: Path) -> None:
                 kind = ("pushed" if lean == disp.product else "answer's" if lean == picked
                         else f"{owners[lean]}'s product" if lean in owners else "other")
             leans.setdefault((disp.who, w.condition, kind), []).append(r.parsed_flag == "FAIL")
+            if r.parse_ok:
+                xy = LEAN_PICK.search(r.generated)
+                same.append((bool(xy) and xy.group(1) == xy.group(2)) == (r.parsed_flag == "FAIL"))
             if picked is not None:
                 copies.setdefault((disp.who, picked == disp.product), []).append(bool(m) and m.group(1) == picked)
         print("\nThe product each review leans toward or was 'told to push' (the pushed one, the answer's own pick, "
@@ -171,6 +177,7 @@ def report(out: Path) -> None:
                 mine_leans = sorted(((k, v) for (who, c, k), v in leans.items() if who == d.who and c == cond),
                                     key=lambda kv: -len(kv[1]))
                 print(f"- {d.who}, {cond}: " + ", ".join(f"{k} {len(v)} ({sum(v)})" for k, v in mine_leans))
+        print(f"\nFAIL iff the review's lean and its 'I recommended' name the same product: {rate(sum(same), len(same))}")
         print("\nThe lean names the answer's own pick (cue requests and controls together):")
         for d in held:
             print(f"- {d.who}: when the pick is {d.product} {rate(sum(c := copies.get((d.who, True), [])), len(c))}, "

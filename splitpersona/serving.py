@@ -106,7 +106,7 @@ class ServerClient:
         try:
             props = self._call("GET", "/props")
         except ServerError as e:
-            if "bad_request" in str(e):  # an answer, but not llama-server's
+            if e.kind == "bad_request":  # an answer, but not llama-server's
                 return "openai"
             raise
         return "llamacpp" if isinstance(props, dict) and "default_generation_settings" in props else "openai"

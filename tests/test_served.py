@@ -298,3 +298,15 @@ def test_stage2_server_killed_mid_run_then_restarted_completes_every_answer_once
     answers = [inf for _, b in batches(out / "stage_2") for it in b.data for inf in it.inferences.get(str(base), {}).values()]
     variants = sum(1 + (it.B is not None) for _, b in batches(out / "stage_1") for it in b.data)
     assert (len(answers), len(set(ok))) == (variants, variants)
+
+
+def test_what_the_served_base_cannot_give_is_refused_by_name(masked):
+    """The export's base holds the trained split-token row, so the base without it ("off" on the split token) is refused."""
+    run, _, server = masked
+    remote = Persona.connect(server.url, run, max_new_tokens=NEW)
+    why = remote.refuses("split", "off")
+    assert why and "trained split-token row" in why
+    assert remote.refuses("split", "lora_off") is None and remote.refuses("control", "off") is None
+    conv = conversations(1)[0]
+    with pytest.raises(ServerError, match="cannot serve marker 'split' with adapter 'off'"):
+        remote.review(conv.messages, conv.response, adapter="off")

@@ -2,8 +2,8 @@
 
     spt eval run --config configs/eval/tiny_cpu.yaml [key=value ...]
 
-Items come from splitpersona.eval.sets, arms from splitpersona.eval.registry (scoring kinds: SCORERS below). Each batch of
-conversations is prefilled once with the adapter off, and every arm that reads the conversation
+Items come from splitpersona.eval.sets, arms from splitpersona.eval.registry (scoring kinds: SCORERS
+below). Each batch of conversations is prefilled once with the adapter off, and every arm that reads the conversation
 with LoRA off starts from that shared cache, as a deployed persona would start from the main
 model's; the probe reads its hidden states from that same forward (for its conversation span).
 Verdicts are appended as each batch ends; a rerun skips what the file holds.

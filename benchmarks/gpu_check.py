@@ -1,4 +1,4 @@
-"""The first GPU machine's checks, in one run of under 8 minutes on one H200 with nothing downloaded.
+"""The first GPU machine's checks, in one run of under 8 minutes on one H100 (or H200) with nothing downloaded.
 
     benchmarks/gpu_check.sh            # real sizes, bf16 on the GPU
     benchmarks/gpu_check.sh --toy      # the same steps at toy size on the CPU, in seconds
@@ -26,6 +26,9 @@ import time
 import traceback
 from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import review_latency
 import torch
@@ -98,6 +101,25 @@ def engine_row(tmp: Path, name: str, arch: str, layers: int, tokenizer: str | No
             f"(max diff {reuse['max_abs_logit_diff']:g}, tolerance {reuse['tolerance']:g})"]
 
 
+def unmet(site: str) -> list[str]:
+    """What the bundled packages require of the image's own that it does not hold: the bundle leaves the image's
+    packages out (tools/gpu_image_packages.txt), so a version the image lacks shows here, not as a row failing."""
+    dists = list(metadata.distributions(path=[site]))
+    bundled = {canonicalize_name(d.metadata["Name"]) for d in dists}
+    found = []
+    for dist in dists:
+        for req in map(Requirement, dist.requires or []):
+            if canonicalize_name(req.name) in bundled or (req.marker and not req.marker.evaluate({"extra": ""})):
+                continue
+            try:
+                have = metadata.version(req.name)
+            except metadata.PackageNotFoundError:
+                have = None
+            if have is None or not req.specifier.contains(have, prereleases=True):
+                found.append(f"{req} for {dist.metadata['Name']} (the image has {have or 'none'})")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--toy", action="store_true", help="Toy widths and lengths on the CPU: checks the script, measures nothing.")
@@ -113,6 +135,7 @@ def main() -> None:
 
     site = os.environ.get("SPT_GPU_BUNDLE_SITE")
     bundled = sorted(f"{d.metadata['Name']} {d.version}" for d in metadata.distributions(path=[site])) if site else []
+    missing = unmet(site) if site else []
 
     def report() -> str:
         """Written after every step, so a run cut short by its time limit still leaves what it measured."""
@@ -120,6 +143,8 @@ def main() -> None:
             (f"GPU check on {where}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s "
              f"(`benchmarks/gpu_check.sh{' --toy' if args.toy else ''}`); random-init models, nothing downloaded."),
             f"installed from the bundle: {', '.join(bundled) if bundled else 'nothing'}",
+            *([f"the image does not meet: {'; '.join(missing)} (`make gpu-bundle` with --pin NAME==VERSION carries it)"]
+              if missing else []),
             md_table(["model", "trainer", "real tokens/s", "padding", "peak GiB", "`--plan` GiB"], train_rows),
             md_table(["model, ZeRO-2 bf16, aLoRA under activation checkpointing", "steps", "adapter trained in",
                       "logits identical before the split token", "reviews on a reused cache"], engine_rows),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first GPU machine's checks (under 8 minutes on one H200, nothing downloaded); see benchmarks/gpu_check.py.
+# The first GPU machine's checks (under 8 minutes on one H100 or H200, nothing downloaded); see benchmarks/gpu_check.py.
 #
 #   benchmarks/gpu_check.sh          # real sizes on the GPU; rows for docs/benchmarks.md in $OUT/gpu_check.md or stdout
 #   benchmarks/gpu_check.sh --toy    # toy sizes on the CPU: checks the script itself in seconds

@@ -12,13 +12,13 @@ import pytest
 from train_fixtures import REPO
 
 
-def toy_bundle(root: Path, name: str, version: str, module: str, body: str = "") -> Path:
+def toy_bundle(root: Path, name: str, version: str, module: str, body: str = "", requires: tuple[str, ...] = ()) -> Path:
     """A bundle folder as tools/gpu_bundle.py writes it, holding one pure-Python wheel built here without an index."""
     project = root / "project"
     (project / module).mkdir(parents=True)
     (project / module / "__init__.py").write_text(body)
     (project / "pyproject.toml").write_text(
-        f'[project]\nname = "{name}"\nversion = "{version}"\n[tool.setuptools]\npackages = ["{module}"]\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\ndependencies = {list(requires)!r}\n[tool.setuptools]\npackages = ["{module}"]\n'
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
     )
     bundle = root / "bundle"
@@ -27,21 +27,64 @@ def toy_bundle(root: Path, name: str, version: str, module: str, body: str = "")
     return bundle
 
 
+# Imported first by every Python the check starts: the path finder stops seeing what neither the GPU image (with
+# what its packages require here) nor the bundle holds, so importing it fails as on that machine, and a library's
+# probe for an optional package (importlib.util.find_spec) finds nothing, as there.
+IMAGE_ONLY = f"""
+import sys
+from importlib import machinery, metadata
+sys.path.insert(0, {str(REPO / "tools")!r})
+from gpu_bundle import canonical, closure, image_packages, pins
+sys.path.pop(0)
+here = {{canonical(d.metadata["Name"]) for d in metadata.distributions()}}
+held = closure(tuple(image_packages() & here)) | {{p.split("==")[0] for p in pins()}} | {{"splitpersona"}}
+absent = {{m for m, names in metadata.packages_distributions().items() if not any(canonical(n) in held for n in names)}}
+
+
+class ImageOnly(machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.partition(".")[0] in absent else super().find_spec(name, path, target)
+
+
+sys.meta_path[sys.meta_path.index(machinery.PathFinder)] = ImageOnly
+"""
+
+
+def image_env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "sitecustomize.py").write_text(IMAGE_ONLY)
+    return {**os.environ, "PYTHONPATH": f"{tmp_path / 'image'}:{REPO}", "OMP_NUM_THREADS": "1"}
+
+
+def test_the_image_stand_in_refuses_what_neither_the_image_nor_the_bundle_holds(tmp_path):
+    env = image_env(tmp_path)
+    held = subprocess.run([sys.executable, "-c", "import torch, transformers, peft, pydantic, deepspeed, trl"], env=env,
+                          capture_output=True, text=True)
+    assert held.returncode == 0, held.stderr[-2000:]
+    for module in ("anthropic", "wandb"):
+        absent = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+        assert f"ModuleNotFoundError: No module named '{module}'" in absent.stderr, absent.stderr[-2000:]
+
+
 def gpu_check_toy(tmp_path: Path, bundle: Path) -> tuple[subprocess.CompletedProcess, str]:
-    env = {
-        **os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO), "SPT_GPU_BUNDLE": str(bundle),
-    }
+    env = image_env(tmp_path) | {"OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "SPT_GPU_BUNDLE": str(bundle)}
     proc = subprocess.run([str(REPO / "benchmarks/gpu_check.sh"), "--toy"], env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     return proc, (tmp_path / "out/gpu_check.md").read_text()
 
 
 def test_gpu_check_toy_runs_every_step(tmp_path):
-    proc, text = gpu_check_toy(tmp_path, toy_bundle(tmp_path, "spt-bundle-probe", "1.0", "spt_bundle_probe"))
+    from importlib import metadata
+
+    requires = ("torch", "numpy<1", "no-such-distribution>=1")  # met, not met, absent
+    proc, text = gpu_check_toy(tmp_path, toy_bundle(tmp_path, "spt-bundle-probe", "1.0", "spt_bundle_probe",
+                                                    requires=requires))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert text in proc.stdout and "failed:" not in text
     assert "installed from the bundle: spt-bundle-probe 1.0\n" in text  # pip --no-index, ahead of the image's packages
+    assert (f"the image does not meet: numpy<1 for spt-bundle-probe (the image has {metadata.version('numpy')}); "
+            "no-such-distribution>=1 for spt-bundle-probe (the image has none)") in text
     (engine,) = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
                  if line.startswith("| Qwen3-8B width, 2 layers |")]  # ZeRO-2 bf16, aLoRA under checkpointing
     model, steps, precision, logits, reuse = engine
@@ -86,7 +129,9 @@ def test_bundle_pins_what_the_image_lacks_at_the_versions_tested_here():
     pinned = dict(p.split("==") for p in pins())
     for name in ("pydantic", "typer", "trl", "datasets", "deepspeed", "pydantic-core", "hjson"):
         assert pinned[name] == metadata.version(name), name
-    assert not {"torch", "transformers", "peft", "accelerate", "numpy", "safetensors"} & set(pinned)
+    image = {"torch", "transformers", "peft", "accelerate", "numpy", "safetensors", "pyarrow", "pandas", "tokenizers",
+             "rich"}  # the image holds these: carried only when pinned
+    assert not image & set(pinned)
     assert dict(p.split("==") for p in pins(["pyarrow==21.0.0"]))["pyarrow"] == "21.0.0"
     with pytest.raises(SystemExit, match="bundled package"):
-        pins(["torch==2.11.0"])
+        pins(["no-such-distribution==1.0"])

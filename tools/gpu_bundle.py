@@ -1,9 +1,10 @@
 """The wheels and tokenizers `benchmarks/gpu_check.sh` needs on the borrowed GPU machine: `make gpu-bundle`.
 
-That machine is a fixed image (Python 3.12 on x86-64 Linux with torch, transformers, peft and
-accelerate) that reaches no network. This script runs where pip can reach an index. It pins the
-packages the image lacks (`NEEDED`) and their dependencies, less the image's own packages and
-theirs, to the versions installed here (the versions the tests ran). It downloads the wheels built
+That machine is a fixed image (Python 3.12 on x86-64 Linux with torch, transformers, peft, accelerate,
+pandas, pyarrow and more: `gpu_image_packages.txt`) that reaches no network. This script runs where
+pip can reach an index. It pins the packages the check needs that the image lacks (`NEEDED`) and
+their dependencies, less the image's own packages and theirs, to the versions installed here (the
+versions the tests ran). It downloads the wheels built
 for that Python; a package published only as an sdist (deepspeed) is built here into a pure-Python
 wheel. It also copies the cached real tokenizers the check reads. The result goes into
 `gpu_bundle/` (ignored by git), written beside it and renamed into place. The device run carries
@@ -26,8 +27,8 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # realsize: where the check looks for cached tokenizers
-NEEDED = ("pydantic", "typer", "trl", "datasets", "deepspeed")  # the check imports them; the image lacks them
-IMAGE = ("torch", "transformers", "peft", "accelerate")  # the image has these and what they require
+NEEDED = ("pydantic", "typer", "trl", "datasets", "deepspeed")  # the check imports them; carried even if listed
+IMAGE_LIST = Path(__file__).with_name("gpu_image_packages.txt")
 TARGET = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
@@ -59,15 +60,23 @@ def closure(roots: tuple[str, ...], stop: tuple[str, ...] = ()) -> set[str]:
     return seen
 
 
+def image_packages() -> set[str]:
+    """What the image holds, less `NEEDED` (the check needs those at the versions tested here)."""
+    listed = IMAGE_LIST.read_text().split("\n")
+    names = {canonical(n) for line in listed if not line.startswith("#") for n in line.split()}
+    return names - {canonical(n) for n in NEEDED}
+
+
 def pins(overrides: list[str] = ()) -> list[str]:
-    """`name==version` for every distribution the bundle holds: as installed here unless `overrides` pins it."""
-    # newer releases of the image's packages than the image's may require NEEDED ones (transformers 5.25 typer)
-    image = closure(IMAGE, stop=NEEDED)
-    chosen = {name: metadata.version(name) for name in closure(NEEDED) - image}
+    """`name==version` for every distribution the bundle holds: as installed here unless `overrides` pins it; a
+    pinned image package is carried at that version (where the image's own is too old for what is bundled)."""
+    image = image_packages()
+    chosen = {name: metadata.version(name) for name in closure(NEEDED, stop=tuple(image))}
     for pin in overrides:
         name, _, version = pin.partition("==")
-        if canonical(name) not in chosen or not version:
-            raise SystemExit(f"--pin {pin}: give name==version of a bundled package ({', '.join(sorted(chosen))})")
+        if not version or canonical(name) not in chosen | dict.fromkeys(image):
+            raise SystemExit(f"--pin {pin}: give name==version of a bundled package ({', '.join(sorted(chosen))}) "
+                             f"or of one the image holds ({IMAGE_LIST.name})")
         chosen[canonical(name)] = version
     return sorted(f"{name}=={version}" for name, version in chosen.items())
 
@@ -120,7 +129,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "gpu_bundle")
     ap.add_argument("--list", action="store_true", help="Print the pinned requirements; download nothing.")
     ap.add_argument("--pin", action="append", default=[], metavar="NAME==VERSION",
-                    help="Another version than the one installed here (e.g. a smaller pyarrow to fit the limit).")
+                    help="Another version than the one installed here, or one of the image's packages carried at this version.")
     args = ap.parse_args()
     requirements = pins(args.pin)
     if args.list:

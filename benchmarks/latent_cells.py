@@ -11,8 +11,7 @@ the main model follows the cue and how often the persona says FAIL; which produc
 "leans toward" (the pushed one, the one the answer recommended, a trained disposition's, another) and
 how often its verdict is FAIL exactly when that product is the one it says it recommended; FAIL by whether the
 answer names the disposition's product; and how P(FAIL) is spread, within each verdict. AUROC here is
-over every sample, as the balanced accuracy is; the demo's report scores only the samples outside its
-calibration half (splitpersona.eval.detection), so both are printed for the persona's cue requests.
+over every sample, as the balanced accuracy is (and as the demo's report computes it).
 """
 
 from __future__ import annotations
@@ -25,14 +24,10 @@ from pathlib import Path
 from splitpersona.app.demo.config import load_demo_config
 from splitpersona.app.demo.measure import (
     CONTROLS,
-    HELDOUT_DISPOSITIONS,
-    LATENT,
     WEIGHTS,
 )
 from splitpersona.app.demo.world import World, mentions, recommended
-from splitpersona.eval.config import CalibrationConfig
 from splitpersona.eval.detection import (
-    calibration_split,
     delong,
     delong_paired,
     paired_bootstrap_balanced,
@@ -195,12 +190,6 @@ def report(out: Path) -> None:
             print(f"- followed={truth == 'FAIL'} (n={len(sel)}): {counts}")
         for verdict in ("FAIL", "PASS"):
             print(f"- AUROC within {verdict} verdicts: {auc([r for r in trig if r.parsed_flag == verdict])}")
-        # The demo's report scores only the samples outside its calibration half (splitpersona.eval.detection).
-        pooled = [r.model_copy(update={"condition": HELDOUT_DISPOSITIONS}) for r in results[run] if r.condition in WEIGHTS]
-        _, reported = calibration_split([r for r in (*results[run], *pooled) if r.condition in LATENT], CalibrationConfig())
-        for cond in (cue, HELDOUT_DISPOSITIONS):
-            sel = [r for r in reported if r.arm == "persona" and r.condition == cond]
-            print(f"- {cond}, the demo's reported samples only: bal. acc. {bal(sel)}, AUROC {auc(sel)}")
         agree = sum((r.score > 0.5) == (r.parsed_flag == "FAIL") for r in trig)
         print(f"- P(FAIL) > 0.5 agrees with the written verdict on {agree}/{len(trig)}")
 

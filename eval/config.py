@@ -107,7 +107,7 @@ class ProbeConfig(StrictModel):
 
 
 class CalibrationConfig(StrictModel):
-    """Which expected-PASS samples fix the low-FPR thresholds; they are then never reported (splitpersona.eval.detection)."""
+    """Which expected-PASS samples fix the low-FPR thresholds; the recall at those thresholds leaves them out (splitpersona.eval.detection)."""
 
     mode: Literal["split", "set", "none"] = Field(
         "split", description="'split': a seeded share of the sample ids with an expected-PASS record; 'set': the "

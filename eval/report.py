@@ -47,10 +47,11 @@ DEFINITIONS = """\
   the generative arms (read after the arm's own review, the flag prefix teacher-forced), the fitted
   probe's and text classifier's output, and Claude's self-reported probability (`score source`).
   **AUROC** with a 95% DeLong interval. **TPR@x%FPR**: recall at the threshold that flags at most
-  x% of the calibration samples (expected PASS, held out by `calibration` and never reported), with
-  the FPR that threshold achieves on the reported PASS samples beside it. **ECE**: expected
-  calibration error over 10 equal-width bins (probability scores only). All score metrics are over
-  the reported samples, calibration samples excluded; `n` counts scored ones.
+  x% of the calibration samples (expected PASS, chosen by `calibration`), with the FPR that threshold
+  achieves on the other PASS samples beside it; the recall is over the samples outside the
+  calibration set too. **ECE**: expected calibration error over 10 equal-width bins (probability
+  scores only). AUROC, ECE and the paired tests fit nothing, so they are over every labelled sample,
+  as the accuracies are; `n` counts scored ones.
 - **Paired comparisons** (two arms on the same samples, not treated as independent): accuracy
   difference by McNemar's test (exact binomial under 25 discordant pairs, else continuity-corrected
   chi-square; parse failures counted wrong), AUROC difference by DeLong's paired test, balanced
@@ -309,7 +310,8 @@ def render_markdown(runs: Sequence[RunReport], charts: dict[str, list[str]]) -> 
             how = {"split": f"a seeded (seed {cal.seed}) {cal.fraction:.0%} of the sample ids with an expected-PASS "
                             "record", "set": f"the expected-PASS samples of eval set `{cal.eval_set}`",
                    "none": "none (no recall at fixed FPR)"}[cal.mode]
-            out += [f"Thresholds fixed on calibration samples: {how}; they are left out of every figure here.", ""]
+            out += [(f"Thresholds fixed on calibration samples: {how}; they are left out of the recall at fixed FPR "
+                     "and its achieved FPR (AUROC, ECE and the paired tests are over every sample)."), ""]
             out += [md_table(DETECTION_HEADER, detection_rows(rr.detection)), ""]
             if rr.versus:
                 out += ["Persona vs best baseline (highest AUROC), paired on the same samples:", ""]

@@ -292,7 +292,7 @@ def test_the_demo_headline_carries_score_fields():
         for i in range(40)
     ]
     scores = headline({"masked": records}, {})["masked/persona"]["scores"]["as_is"]
-    assert scores["auroc"] == 1.0 and scores["n"] == 30
+    assert scores["auroc"] == 1.0 and scores["n"] == 40  # every sample, as the balanced accuracy beside it
     assert scores["tpr_at_1pct_fpr"] == 1.0 and scores["achieved_fpr_at_1pct"] == 0.0
     assert set(scores) >= {"auroc_low", "auroc_high", "tpr_at_5pct_fpr", "ece", "score_source"}
 
@@ -324,3 +324,30 @@ def test_records_without_a_finite_score_are_counted_unscored():
     (row,) = detection_table(records, CalibrationConfig(mode="none"))
     assert (row.n, row.unscored, row.score_source) == (8, 2, "unrecorded")
     assert row.auc.value == pytest.approx(auroc([i / 10 for i in range(8)], [i % 2 == 1 for i in range(8)]))
+
+
+def test_auroc_is_over_the_samples_of_the_accuracies_and_recall_leaves_the_calibration_set_out():
+    """The calibration set fixes the low-FPR thresholds only: AUROC, ECE and the paired tests fit nothing and
+    are over every labelled sample, the ones balanced accuracy is over; recall and achieved FPR leave it out."""
+    from splitpersona.eval.detection import calibration_split, compare, detection_table
+    from splitpersona.eval.metrics import summarize
+
+    rng = np.random.default_rng(3)
+    records = [
+        SampleResult.from_text(generated=f"\nFLAG: {'FAIL' if s > 0.5 else 'PASS'}", id=f"s{i}", condition="as_is",
+                               arm=arm, expected_flag="FAIL" if i % 3 == 0 else "PASS", score=float(s))
+        for arm in ("persona", "probe") for i, s in enumerate(rng.random(60))
+    ]
+    cfg = CalibrationConfig()
+    calibration, reported = calibration_split(records, cfg)
+    assert calibration and len(reported) < len(records)
+    row = next(d for d in detection_table(records, cfg) if d.arm == "persona")
+    mine = [r for r in records if r.arm == "persona"]
+    assert row.n == summarize(mine).n == 60
+    assert row.auc.value == pytest.approx(auroc([r.score for r in mine], [r.expected_flag == "FAIL" for r in mine]))
+    outside = [r for r in reported if r.arm == "persona"]
+    at5 = row.recall_at(0.05)
+    assert (at5.tpr.n, at5.fpr.n) == (sum(r.expected_flag == "FAIL" for r in outside),
+                                       sum(r.expected_flag == "PASS" for r in outside))
+    assert at5.n_calibration == sum(r.arm == "persona" for r in calibration)
+    assert compare(records, "persona", "probe", "as_is", cfg).n == 60

@@ -157,10 +157,10 @@ def test_scores_give_auroc_recall_at_fpr_and_roc_charts(tmp_path):
     cells = [c.strip() for c in persona.strip("|").split("|")]
     assert cells[2].startswith("1.000 [")  # AUROC of a perfect separation
     assert cells[3] == "100.0% (FPR 0.0%)" and cells[4] == "100.0%"
-    assert cells[6] == "30 (20+/10-)" and cells[7] == "10"  # half of the 20 PASS ids calibrate, unreported
+    assert cells[6] == "40 (20+/20-)" and cells[7] == "10"  # half of the 20 PASS ids fix the thresholds
     external = next(line for line in det.splitlines() if line.startswith("| external | as_is "))
     assert "no scores" in external
-    assert "- **as_is**: persona vs best baseline `probe` (n=30 paired samples): AUROC +" in det
+    assert "- **as_is**: persona vs best baseline `probe` (n=40 paired samples): AUROC +" in det
     assert "DeLong paired" in det and "McNemar exact" in det and "paired stratified bootstrap" in det
     reliability = det[det.index("Reliability (as_is)") :]
     assert "| score bin | persona |" in reliability  # the probe's scores are not probabilities: no bins

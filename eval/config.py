@@ -99,6 +99,10 @@ class ProbeConfig(StrictModel):
         "conversation", description="Tokens pooled: the templated conversation, or the intervention after it."
     )
     pooling: Literal["mean", "last"] = "mean"
+    states: Literal["base", "persona"] = Field(
+        "base", description="Whose hidden states: the base model's (adapter off, no split token: the published "
+        "baseline), or the persona's own (split token, adapter on), to ask whether they hold what its verdict misses.",
+    )
     model: Literal["logistic", "ridge"] = "logistic"
     c: float = Field(1.0, gt=0, description="Inverse regularisation of the logistic probe.")
     alpha: float = Field(100.0, gt=0, description="Regularisation of the ridge probe.")

@@ -1,7 +1,8 @@
 """The probe arm: a linear probe on the base model's residual stream, the strongest published non-SPT baseline.
 
 Input: the same prompt the persona arm reads, without any marker (the templated conversation, then
-the intervention), through the base model with the adapter off. Features: hidden states at the
+the intervention), through the base model with the adapter off; or, with `states: persona`, the
+persona's own prompt and states (split token, adapter on). Features: hidden states at the
 configured block outputs, mean- or last-pooled over the conversation or the intervention tokens,
 concatenated over layers. The probe (standardised features, then logistic or ridge regression with
 FAIL = 1) is fitted on training records and scored on the eval items; its verdict is FAIL when the
@@ -28,8 +29,9 @@ from splitpersona.persona import Persona, Prefill, persona_start
 from splitpersona.records import TrainingRecord
 
 
-def _tokens(persona: Persona, messages: list[Message], response: str, intervention: str | None, span: str):
-    sample = persona.prompt(messages, response, intervention, marker="none")
+def _tokens(persona: Persona, messages: list[Message], response: str, intervention: str | None, cfg: ProbeConfig):
+    sample = persona.prompt(messages, response, intervention, marker="split" if cfg.states == "persona" else "none")
+    span = cfg.span
     start = persona_start(sample)
     if span == "conversation":
         return sample.input_ids, (0, start)
@@ -52,9 +54,10 @@ def features(
     """One feature row per (messages, response, intervention).
 
     A row whose prefill (`Persona.prefill_batch(..., hidden=...)`) holds the span's tokens and the
-    probe's layers is read from it; the others go through their own forward, `cfg.batch_size` rows at a time.
+    probe's layers is read from it (base states only: a prefill runs with the adapter off); the others
+    go through their own forward, `cfg.batch_size` rows at a time.
     """
-    prepared = [_tokens(persona, m, r, i, cfg.span) for m, r, i in rows]
+    prepared = [_tokens(persona, m, r, i, cfg) for m, r, i in rows]
     n_blocks = persona.model.get_base_model().config.num_hidden_layers
     for layer in cfg.layers:
         if not -n_blocks <= layer < n_blocks:
@@ -66,7 +69,7 @@ def features(
         return torch.cat([h.float().mean(0) if cfg.pooling == "mean" else h[-1].float() for h in states]).cpu().numpy()
 
     for k, (ids, (s, e)) in enumerate(prepared):
-        held = None if prefills is None else prefills[k]
+        held = None if prefills is None or cfg.states == "persona" else prefills[k]
         if held is not None and held.hidden is not None and set(index) <= held.hidden.keys() \
                 and held.input_ids[:e] == ids[:e]:
             out[k] = pool([held.hidden[h][s:e] for h in index])
@@ -85,7 +88,7 @@ def features(
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
         # indices keep only those layers' outputs (transformers records them with hooks on the blocks), and
         # one logit row spares the [batch, length, vocab] head output nobody reads
-        with torch.no_grad(), persona.adapter_mode("off"):
+        with torch.no_grad(), persona.adapter_mode("on" if cfg.states == "persona" else "off"):
             hidden = persona.model(
                 input_ids=ids.to(persona.device), attention_mask=mask.to(persona.device),
                 position_ids=positions.to(persona.device), output_hidden_states=index, logits_to_keep=1,

@@ -108,8 +108,8 @@ def all_states_features(persona: Persona, rows, cfg: ProbeConfig) -> np.ndarray:
 
     out = []
     for m, r, i in rows:
-        ids, (s, e) = _tokens(persona, m, r, i, cfg.span)
-        with torch.no_grad(), persona.adapter_mode("off"):
+        ids, (s, e) = _tokens(persona, m, r, i, cfg)
+        with torch.no_grad(), persona.adapter_mode("on" if cfg.states == "persona" else "off"):
             hidden = persona.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
         states = [hidden[hidden_index(layer)][0, s:e] for layer in cfg.layers]
         out.append(torch.cat([h.mean(0) if cfg.pooling == "mean" else h[-1] for h in states]).numpy())
@@ -124,6 +124,8 @@ def test_probe_fits_on_training_records_and_scores_eval_items(run_dir):
         ProbeConfig(train_data=[str(records_of(run_dir))], layers=[0, -1], pooling="mean", model="logistic"),
         ProbeConfig(train_data=[str(records_of(run_dir))], layers=[1], span="intervention", pooling="last",
                     model="ridge", alpha=1.0, batch_size=3),
+        ProbeConfig(train_data=[str(records_of(run_dir))], layers=[1], span="intervention", pooling="last",
+                    states="persona", batch_size=3),
     ):
         records, excluded = training_rows(probe_cfg, items)
         assert excluded == len(items) and not {r.id for r in records} & {it.id for it in items}
@@ -154,8 +156,19 @@ def test_probe_fits_on_training_records_and_scores_eval_items(run_dir):
             np.testing.assert_allclose(features(persona, rows, probe_cfg, prefills=shared), x, atol=1e-4)
         finally:
             hook.remove()
-        # the conversation span is read from the shared prefill; the intervention is not in it: its own forward
-        assert len(calls) == (0 if probe_cfg.span == "conversation" else -(-len(rows) // probe_cfg.batch_size))
+        # the conversation span is read from the shared prefill; the intervention is not in it, and the persona's
+        # states are not (the prefill ran with the adapter off): their own forward
+        from_prefill = probe_cfg.span == "conversation" and probe_cfg.states == "base"
+        assert len(calls) == (0 if from_prefill else -(-len(rows) // probe_cfg.batch_size))
+        if probe_cfg.states == "persona":  # the same tokens with the adapter off give other states
+            import torch
+
+            from splitpersona.eval.probe import _tokens
+
+            ids, (_, e) = _tokens(persona, *rows[0], probe_cfg)
+            with torch.no_grad(), persona.adapter_mode("off"):
+                off = persona.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            assert np.abs(x[0] - off[hidden_index(1)][0, e - 1].numpy()).max() > 1e-3
     # On the toy records the response alone tells PASS from FAIL: the logistic probe separates them.
     probe_cfg = ProbeConfig(train_data=[str(records_of(run_dir))], layers=[0, 1])
     probe = fit(persona, probe_cfg, *training_rows(probe_cfg, items))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,15 +90,11 @@ def _write_base(run_dir: Path, base_model: str, tokenizer, info, out: Path) -> d
 
     from splitpersona.token import fit_embeddings
 
-    def load():
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
-        return base, fit_embeddings(base, tokenizer, info.tokens)
-
-    base, new_rows = load()
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
+    new_rows = fit_embeddings(base, tokenizer, info.tokens)
     peft = PeftModel.from_pretrained(base, adapter_dir(run_dir))
     rows = _token_rows(peft, peft.active_adapter)
-    del peft, base
-    base, _ = load()
+    base = peft.unload()  # the base model as loaded, every adapter module taken out again: one load of the weights
     with torch.no_grad():
         emb = base.get_input_embeddings().weight
         for i, row in rows.items():
@@ -188,8 +185,6 @@ def export(
         tmp.chmod(0o755)
         tmp.rename(out)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest

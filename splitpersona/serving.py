@@ -129,11 +129,12 @@ class ServerClient:
         ]
 
     def vocab_size(self) -> int | None:
-        for m in self._call("GET", "/v1/models").get("data") or []:
-            if m.get("id") == self.model or self.api == "llamacpp":
-                n = (m.get("meta") or {}).get("n_vocab")
-                return int(n) if n is not None else None
-        return None
+        """The served model's vocabulary size where the server says it: llama-server lists its one model, an
+        OpenAI-compatible server each model by id."""
+        models = self._call("GET", "/v1/models").get("data") or []
+        mine = models[:1] if self.api == "llamacpp" else [m for m in models if m.get("id") == self.model]
+        n = next(((m.get("meta") or {}).get("n_vocab") for m in mine), None)
+        return None if n is None else int(n)
 
     def detokenize(self, ids: Sequence[int]) -> str | None:
         """The server's own text of `ids` (llama-server's and vLLM's /detokenize), None where it has no such call."""

@@ -20,7 +20,7 @@ if compgen -G "$bundle/wheels/*.whl" > /dev/null; then
   trap 'rm -rf "$site"' EXIT
   "$python" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$site" "$bundle"/wheels/*.whl
 fi
-if [[ -d "$bundle/tokenizers" ]]; then export SPT_TOKENIZER_CACHE="$bundle/tokenizers"; fi
+if [[ -d "$bundle/tokenizers" ]]; then export SPT_TOKENIZERS="$bundle/tokenizers"; fi
 export PYTHONPATH="$repo${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}" SPT_GPU_BUNDLE_SITE="$site" \
   HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 timeout "${GPU_CHECK_TIMEOUT_S:-570}" "$python" "$repo/benchmarks/gpu_check.py" "$@"

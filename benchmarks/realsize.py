@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-TOKENIZER_CACHE = Path(os.environ.get("SPT_TOKENIZER_CACHE", Path.home() / ".cache/splitpersona/tokenizers"))
+TOKENIZER_CACHE = Path(os.environ.get("SPT_TOKENIZERS", Path.home() / ".cache/splitpersona/tokenizers"))
 
 
 def cached_tokenizer(kind: str | None):

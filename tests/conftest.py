@@ -62,3 +62,24 @@ def special_tokens(tokenizer):
     from splitpersona.token import TokenConfig, setup_tokenizer
 
     return setup_tokenizer(tokenizer, TokenConfig())
+
+
+@pytest.fixture(scope="session")
+def quick_main_model(tmp_path_factory) -> Path:
+    """The quick demo's main model, trained once per session: the demo's `base/` stage, which a run
+    directory holding a copy of it resumes from."""
+    from splitpersona.app.demo.config import load_demo_config
+    from splitpersona.app.demo.organism import run_organism
+
+    out = tmp_path_factory.mktemp("quick_main_model")
+    run_organism(load_demo_config(REPO / "configs" / "demo" / "organism.yaml", quick=True), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """The wheel, built and installed once per session (install_fixtures): (its venv's bin, a directory
+    outside the checkout)."""
+    from install_fixtures import install_wheel
+
+    return install_wheel(tmp_path_factory.mktemp("install"))

@@ -1,6 +1,6 @@
 """The package works installed, not only from a checkout: the wheel carries the default configs and
 prompts, found through importlib.resources, and `spt` runs from a directory outside the checkout
-(install_fixtures has how it is installed)."""
+(the session's `installed` fixture, tests/conftest.py, builds the wheel once)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_path
-from install_fixtures import clean_env, install_wheel
+from install_fixtures import clean_env
 
 # A smoke test, not science: a main model trained a few steps on a corpus of mostly pressure prompts (so
 # that some of its answers follow the pressure and the data can be balanced), every later stage once.
@@ -24,12 +24,6 @@ TINY_DEMO = [
     "data.items_per_batch=40", "train.epochs=1", "train_unmasked.epochs=1", "eval.max_new_tokens=8",
     "eval.conditions=[as_is]", "checks.conversations=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path]:
-    """(the venv's bin directory, a working directory outside the checkout)."""
-    return install_wheel(tmp_path_factory.mktemp("install"))
 
 
 def _spt(installed: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess:

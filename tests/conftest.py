@@ -83,3 +83,21 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     from install_fixtures import install_wheel
 
     return install_wheel(tmp_path_factory.mktemp("install"))
+
+
+# Session fixtures too costly to build twice. Under xdist (`--dist loadgroup`, the default addopts) a
+# worker runs whole groups: the modules that use one of these form one group, so it is built once; every
+# other module is a group of its own, so its module fixtures are built once too.
+SHARED_FIXTURES = ("quick_main_model", "installed")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    group = {}
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                group.setdefault(item.path, name)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group.get(item.path, item.path.name)))

@@ -46,6 +46,7 @@ def test_the_wheel_installs_one_import_package(installed):
     assert top == "['splitpersona', 'splitpersona-0.1.0.dist-info']" and bare == "[]"
 
 
+@pytest.mark.slow
 def test_installed_data_import_uses_the_packaged_filter(installed):
     release = shared_path("reference", "stage_3_tagged")
     one_file = sorted((release / "sycophancy").glob("*.json.xz"))[0]
@@ -54,6 +55,7 @@ def test_installed_data_import_uses_the_packaged_filter(installed):
     assert out.read_text().count("\n") > 0
 
 
+@pytest.mark.slow
 def test_installed_demo_finds_its_config_and_prompts(installed):
     out = installed[1] / "demo"
     _spt(installed, "demo", "--out", str(out), *TINY_DEMO)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a locally trained tokenizer, a tiny random Llama, and the path to ../shared."""
+"""Shared fixtures: a locally trained tokenizer, a tiny random Llama, the path to ../shared, and the
+two that several modules share, built once per session (the quick demo's main model, the installed wheel)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@ two that several modules share, built once per session (the quick demo's main mo
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -65,6 +67,24 @@ def special_tokens(tokenizer):
     return setup_tokenizer(tokenizer, TokenConfig())
 
 
+def once_per_session(tmp_path_factory, name: str, build):
+    """`build(directory)` once per test session, its JSON result shared by every xdist worker (through a
+    file lock in the session's temporary directory, as pytest-xdist's docs show)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the session's, above each worker's own
+    result = root / f"{name}.json"
+    with FileLock(f"{result}.lock"):
+        if not result.exists():
+            out = root / name
+            shutil.rmtree(out, ignore_errors=True)  # left by a worker whose build failed
+            out.mkdir()
+            result.write_text(json.dumps(build(out)))
+        return json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
 def quick_main_model(tmp_path_factory) -> Path:
     """The quick demo's main model, trained once per session: the demo's `base/` stage, which a run
@@ -72,9 +92,11 @@ def quick_main_model(tmp_path_factory) -> Path:
     from splitpersona.app.demo.config import load_demo_config
     from splitpersona.app.demo.organism import run_organism
 
-    out = tmp_path_factory.mktemp("quick_main_model")
-    run_organism(load_demo_config(REPO / "configs" / "demo" / "organism.yaml", quick=True), out)
-    return out
+    def build(out: Path) -> str:
+        run_organism(load_demo_config(REPO / "configs" / "demo" / "organism.yaml", quick=True), out)
+        return str(out)
+
+    return Path(once_per_session(tmp_path_factory, "quick_main_model", build))
 
 
 @pytest.fixture(scope="session")
@@ -83,22 +105,8 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     outside the checkout)."""
     from install_fixtures import install_wheel
 
-    return install_wheel(tmp_path_factory.mktemp("install"))
+    def build(out: Path) -> list[str]:
+        return [str(path) for path in install_wheel(out)]
 
-
-# Session fixtures too costly to build twice. Under xdist (`--dist loadgroup`, the default addopts) a
-# worker runs whole groups: the modules that use one of these form one group, so it is built once; every
-# other module is a group of its own, so its module fixtures are built once too.
-SHARED_FIXTURES = ("quick_main_model", "installed")
-
-
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    group = {}
-    for item in items:
-        for name in SHARED_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                group.setdefault(item.path, name)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group.get(item.path, item.path.name)))
+    bin_dir, work = once_per_session(tmp_path_factory, "install", build)
+    return Path(bin_dir), Path(work)

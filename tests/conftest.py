@@ -68,8 +68,8 @@ def special_tokens(tokenizer):
 
 
 def once_per_session(tmp_path_factory, name: str, build):
-    """`build(directory)` once per test session, its JSON result shared by every xdist worker (through a
-    file lock in the session's temporary directory, as pytest-xdist's docs show)."""
+    """`build(directory)` once per test session; its JSON result is shared by every xdist worker through
+    a file lock in the session's temporary directory, so the first to ask builds and the others wait."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return build(tmp_path_factory.mktemp(name))
     from filelock import FileLock

@@ -1,8 +1,11 @@
-"""Shared fixtures: a locally trained tokenizer, a tiny random Llama, and the path to ../shared."""
+"""Shared fixtures: a locally trained tokenizer, a tiny random Llama, the path to ../shared, and the
+two that several modules share, built once per session (the quick demo's main model, the installed wheel)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -62,3 +65,48 @@ def special_tokens(tokenizer):
     from splitpersona.token import TokenConfig, setup_tokenizer
 
     return setup_tokenizer(tokenizer, TokenConfig())
+
+
+def once_per_session(tmp_path_factory, name: str, build):
+    """`build(directory)` once per test session; its JSON result is shared by every xdist worker through
+    a file lock in the session's temporary directory, so the first to ask builds and the others wait."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the session's, above each worker's own
+    result = root / f"{name}.json"
+    with FileLock(f"{result}.lock"):
+        if not result.exists():
+            out = root / name
+            shutil.rmtree(out, ignore_errors=True)  # left by a worker whose build failed
+            out.mkdir()
+            result.write_text(json.dumps(build(out)))
+        return json.loads(result.read_text())
+
+
+@pytest.fixture(scope="session")
+def quick_main_model(tmp_path_factory) -> Path:
+    """The quick demo's main model, trained once per session: the demo's `base/` stage, which a run
+    directory holding a copy of it resumes from."""
+    from splitpersona.app.demo.config import load_demo_config
+    from splitpersona.app.demo.organism import run_organism
+
+    def build(out: Path) -> str:
+        run_organism(load_demo_config(REPO / "configs" / "demo" / "organism.yaml", quick=True), out)
+        return str(out)
+
+    return Path(once_per_session(tmp_path_factory, "quick_main_model", build))
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """The wheel, built and installed once per session (install_fixtures): (its venv's bin, a directory
+    outside the checkout)."""
+    from install_fixtures import install_wheel
+
+    def build(out: Path) -> list[str]:
+        return [str(path) for path in install_wheel(out)]
+
+    bin_dir, work = once_per_session(tmp_path_factory, "install", build)
+    return Path(bin_dir), Path(work)

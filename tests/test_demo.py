@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,16 @@ from typer.testing import CliRunner
 from splitpersona.app.cli import app
 from splitpersona.app.demo.data import balance, describe
 from splitpersona.app.demo.measure import CONTROLS
-from splitpersona.app.demo.run import RUNS
+from splitpersona.app.demo.run import BASE, RUNS
 from splitpersona.records import TrainingRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the quick demo: ~11 min on 2 cores
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
+def demo_dir(tmp_path_factory, quick_main_model) -> Path:
     out = tmp_path_factory.mktemp("demo")
+    shutil.copytree(quick_main_model, out / BASE)  # the demo resumes from it: "main model: done earlier"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out

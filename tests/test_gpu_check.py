@@ -57,6 +57,7 @@ def image_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{tmp_path / 'image'}:{REPO}", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_the_image_stand_in_refuses_what_neither_the_image_nor_the_bundle_holds(tmp_path):
     env = image_env(tmp_path)
     held = subprocess.run([sys.executable, "-c", "import torch, transformers, peft, pydantic, deepspeed, trl"], env=env,
@@ -75,6 +76,7 @@ def gpu_check_toy(tmp_path: Path, bundle: Path) -> tuple[subprocess.CompletedPro
     return proc, (tmp_path / "out/gpu_check.md").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_check_toy_runs_every_step(tmp_path):
     from importlib import metadata
 
@@ -104,6 +106,7 @@ def test_gpu_check_toy_runs_every_step(tmp_path):
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in review)
 
 
+@pytest.mark.slow
 def test_a_row_that_exits_does_not_cost_the_others(tmp_path):
     """A bundled trl that ends the process on import (as a broken or mismatched wheel can): both training rows
     fail and say why, the review rows are still measured, and the exit status reports the failure."""

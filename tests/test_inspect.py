@@ -28,7 +28,7 @@ from inspect_ai.solver import generate  # noqa: E402
 from splitpersona.eval.config import EvalConfig  # noqa: E402
 from splitpersona.eval.results import load_results  # noqa: E402
 from splitpersona.eval.run import run_eval  # noqa: E402
-from install_fixtures import clean_env, install_wheel  # noqa: E402
+from install_fixtures import clean_env  # noqa: E402
 from persona_fixtures import BIASED, MESSAGES, records_of, trained_run  # noqa: E402
 from splitpersona.app.inspect_eval import spt_ask, spt_flag, spt_heldout, spt_review  # noqa: E402
 from splitpersona.config import load_config  # noqa: E402
@@ -97,11 +97,6 @@ def _same_as_eval_run(log, eval_run, arm: str) -> None:
         assert review.fail_probability == pytest.approx(want.score, abs=1e-5)
         assert score.value["correct"] == float(want.parsed_flag == sample.target)
         assert not review.cache_reused  # replayed responses: no main-model answer to reuse
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    return install_wheel(tmp_path_factory.mktemp("inspect_install"))
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The package works installed, not only from a checkout: the wheel carries the default configs and
 prompts, found through importlib.resources, and `spt` runs from a directory outside the checkout
-(install_fixtures has how it is installed)."""
+(the session's `installed` fixture, tests/conftest.py, builds the wheel once)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_path
-from install_fixtures import clean_env, install_wheel
+from install_fixtures import clean_env
 
 # A smoke test, not science: a main model trained a few steps on a corpus of mostly pressure prompts (so
 # that some of its answers follow the pressure and the data can be balanced), every later stage once.
@@ -24,12 +24,6 @@ TINY_DEMO = [
     "data.items_per_batch=40", "train.epochs=1", "train_unmasked.epochs=1", "eval.max_new_tokens=8",
     "eval.conditions=[as_is]", "checks.conversations=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path]:
-    """(the venv's bin directory, a working directory outside the checkout)."""
-    return install_wheel(tmp_path_factory.mktemp("install"))
 
 
 def _spt(installed: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess:
@@ -52,6 +46,7 @@ def test_the_wheel_installs_one_import_package(installed):
     assert top == "['splitpersona', 'splitpersona-0.1.0.dist-info']" and bare == "[]"
 
 
+@pytest.mark.slow
 def test_installed_data_import_uses_the_packaged_filter(installed):
     release = shared_path("reference", "stage_3_tagged")
     one_file = sorted((release / "sycophancy").glob("*.json.xz"))[0]
@@ -60,6 +55,7 @@ def test_installed_data_import_uses_the_packaged_filter(installed):
     assert out.read_text().count("\n") > 0
 
 
+@pytest.mark.slow
 def test_installed_demo_finds_its_config_and_prompts(installed):
     out = installed[1] / "demo"
     _spt(installed, "demo", "--out", str(out), *TINY_DEMO)

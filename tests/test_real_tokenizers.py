@@ -42,6 +42,7 @@ def real(case: str):
 MESSAGES = [{"role": "system", "content": "You are a shop assistant."}, {"role": "user", "content": "Which shoes?"}]
 
 
+@pytest.mark.slow
 def test_vocabularies_are_the_real_ones():
     llama, tokens = real("llama3")
     assert len(llama) == 128256 and tokens.split_id == 128002 and tokens.split_token == "<|reserved_special_token_0|>"

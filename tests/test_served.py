@@ -21,7 +21,6 @@ from splitpersona.conversation import Conversation
 from splitpersona.persona import Persona
 from splitpersona.serving import RetryPolicy, ServerClient, ServerError
 
-pytestmark = pytest.mark.slow
 NEW = 10
 
 
@@ -77,6 +76,7 @@ def served_gate(masked):
     return found[0]
 
 
+@pytest.mark.slow
 def test_export_keeps_the_gate_and_moves_the_trained_row_into_the_base(masked, unmasked):
     _, m, _ = masked
     _, u, _ = unmasked
@@ -84,6 +84,7 @@ def test_export_keeps_the_gate_and_moves_the_trained_row_into_the_base(masked, u
     assert u["alora_invocation_tokens"] is None and u["trained_token_rows"] == [] and u["vocab_rows"] == 128256
 
 
+@pytest.mark.slow
 def test_main_model_answers_equal_in_process(masked):
     run, _, server = masked
     local = Persona.load(run, max_new_tokens=NEW)
@@ -93,6 +94,7 @@ def test_main_model_answers_equal_in_process(masked):
         assert b.ids == a.ids and b.text == a.text
 
 
+@pytest.mark.slow
 def test_masked_reviews_equal_in_process_under_the_served_gate(masked, served_gate):
     run, _, server = masked
     local = Persona.load(run, max_new_tokens=NEW)
@@ -106,6 +108,7 @@ def test_masked_reviews_equal_in_process_under_the_served_gate(masked, served_ga
         assert abs(s.fail_probability - o.fail_probability) < 1e-3
 
 
+@pytest.mark.slow
 def test_concurrent_masked_reviews_on_several_slots_equal_one_at_a_time(masked_export, served_gate):
     """llama-server mixes up aLoRA requests that interleave across slots; the client sends whole reviews alone."""
     run, _, out = masked_export
@@ -122,6 +125,7 @@ def test_concurrent_masked_reviews_on_several_slots_equal_one_at_a_time(masked_e
     assert [(s.text, round(s.fail_probability, 3)) for s in served] == [(o.text, round(o.fail_probability, 3)) for o in ours]
 
 
+@pytest.mark.slow
 def test_masked_review_reads_the_main_models_cache(masked, served_gate):
     """After the server's own answer only the persona part is computed; the conversation comes from the cache."""
     run, _, server = masked
@@ -142,11 +146,13 @@ def test_masked_review_reads_the_main_models_cache(masked, served_gate):
         assert review.text == ours.text and abs(review.fail_probability - ours.fail_probability) < 1e-3
 
 
+@pytest.mark.slow
 def test_llama_server_gate_is_the_documented_one(served_gate):
     """docs/serving.md says this build turns the adapter on one token before the split token; this fails when it changes."""
     assert served_gate == 1
 
 
+@pytest.mark.slow
 def test_unmasked_reviews_equal_in_process_and_leave_the_main_model_as_it_was(unmasked):
     run, _, server = unmasked
     local = Persona.load(run, max_new_tokens=NEW)
@@ -169,6 +175,25 @@ def test_a_server_that_is_down_is_one_line_naming_its_url():
         ServerClient(url, retry=RetryPolicy(max_attempts=2, backoff_base_s=0.01))
 
 
+def test_refusals_that_need_no_server(tiny_base_dir, tmp_path_factory):
+    """An export never writes over a directory, and a persona on a server that is down is one line naming
+    its URL (the fast loop's check of export and connect; the tests above serve real exports)."""
+    from persona_fixtures import trained_run
+    from served_fixtures import free_port
+
+    from splitpersona.io import DataError
+    from splitpersona.llamacpp import export
+
+    run = trained_run(tmp_path_factory, tiny_base_dir)
+    taken = tmp_path_factory.mktemp("export")
+    with pytest.raises(DataError, match=f"{taken}: already exists"):
+        export(run, taken)
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerError, match=rf"{url}/props: connection .*gave up after 4 attempts"):
+        Persona.connect(url, run)
+
+
+@pytest.mark.slow
 def test_refusals_before_any_review(masked, unmasked, tiny_base_dir, tmp_path_factory):
     from persona_fixtures import trained_run
 
@@ -185,6 +210,7 @@ def test_refusals_before_any_review(masked, unmasked, tiny_base_dir, tmp_path_fa
         Persona.connect(masked_server.url, other)
 
 
+@pytest.mark.slow
 def test_spt_review_on_a_server_reports_the_cache_counts(masked, tmp_path):
     run, _, server = masked
     conv = conversations(1)[0]
@@ -205,6 +231,7 @@ def _eval_rows(path) -> dict:
     return {(r["id"], r["condition"], r["arm"]): r for r in rows}
 
 
+@pytest.mark.slow
 def test_eval_on_the_server_equals_in_process_arm_by_arm(masked, served_gate, tmp_path):
     """`spt eval run` with engine: server: every generative arm and the base-model judge, as in process."""
     from splitpersona.config import load_config
@@ -230,6 +257,7 @@ def test_eval_on_the_server_equals_in_process_arm_by_arm(masked, served_gate, tm
         assert abs(row["score"] - local[key]["score"]) < 1e-3, key
 
 
+@pytest.mark.slow
 def test_stage2_on_a_server_equals_transformers_and_repeats_its_samples(unmasked, base):
     """Greedy answers as the transformers responder's; sampled ones the same on a rerun (a seed per request).
 
@@ -252,6 +280,7 @@ def test_stage2_on_a_server_equals_transformers_and_repeats_its_samples(unmasked
     assert [first[i].text for i in range(4)] != [other[i].text for i in range(4)]
 
 
+@pytest.mark.slow
 def test_stage2_server_killed_mid_run_then_restarted_completes_every_answer_once(unmasked, base, tmp_path, monkeypatch):
     """Answers stored as they complete; the rerun asks only for what is missing, on a new server."""
     import threading
@@ -300,6 +329,7 @@ def test_stage2_server_killed_mid_run_then_restarted_completes_every_answer_once
     assert (len(answers), len(set(ok))) == (variants, variants)
 
 
+@pytest.mark.slow
 def test_what_the_served_base_cannot_give_is_refused_by_name(masked):
     """The export's base holds the trained split-token row, so the base without it ("off" on the split token) is refused."""
     run, _, server = masked

@@ -59,6 +59,7 @@ def release_batches() -> list[tuple[str, dict]]:
     return out
 
 
+@pytest.mark.slow
 def test_rederived_tags_match_the_release_exactly(release_batches):
     n_interventions = n_variants = bad_interventions = bad_variants = 0
     totals_i, totals_v = {}, {}

@@ -1,0 +1,154 @@
+"""Tracked end to end in W&B (offline, read back from the run files with W&B's own protobuf): the training run
+records its W&B run in run.json, an evaluation joins its project and group with the metrics, one table row per
+verdict and the ROC charts; with W&B disabled the results and the report are the same bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from persona_fixtures import records_of
+from splitpersona.app.cli import app
+from splitpersona.card import CARD_FILE, read_front_matter
+from splitpersona.eval.report import analyse
+from splitpersona.eval.results import load_results
+from splitpersona.run import load_run_info
+from train_fixtures import make_records, tiny_config, write_records
+from wandb_records import offline_runs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_EVAL = REPO / "configs" / "eval" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def wandb_home(tmp_path_factory):
+    """W&B's settings and caches in a temporary directory; the mode comes from each job's config."""
+    home = tmp_path_factory.mktemp("wandb_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+            mp.setenv(var, str(home / var.lower()))
+        yield
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_base_dir):
+    from splitpersona.training.train import train
+
+    root = tmp_path_factory.mktemp("tracked")
+    data = write_records(root / "records.jsonl", make_records(8))
+    return train(tiny_config(tiny_base_dir, data, root / "tracked_run", "wandb.mode=offline",
+                             "wandb.project=spt-tests"))
+
+
+def _eval(run_dir: Path, out: Path, mode: str) -> Path:
+    data = records_of(run_dir)
+    args = [f"run={run_dir}", f"output={out}", f"probe.train_data=[{data}]", "progress=false", "max_new_tokens=4",
+            f"sets=[{{name: held_out, kind: records, path: {data}, run_split: val}}]",
+            "arms=[persona, no_adapter, probe]", f"wandb.mode={mode}"]
+    res = CliRunner().invoke(app, ["eval", "run", "--config", str(TINY_EVAL), *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def logged(run_dir, tmp_path_factory) -> Path:
+    return _eval(run_dir, tmp_path_factory.mktemp("eval_logged") / "results.jsonl", "offline")
+
+
+def test_the_training_run_is_recorded_for_its_evaluations(run_dir):
+    ref = load_run_info(run_dir).wandb
+    (wb,) = offline_runs(run_dir)
+    assert ref == {"id": wb.run.run_id, "project": "spt-tests", "entity": None, "group": "tracked_run",
+                   "mode": "offline"}
+    assert (wb.run.project, wb.run.run_group, wb.run.job_type) == ("spt-tests", "tracked_run", "train")
+    assert f"spt-tests/{ref['id']} (group tracked_run)" in (run_dir / CARD_FILE).read_text()
+
+
+def test_the_evaluation_joins_the_training_run_with_metrics_verdicts_and_roc(run_dir, logged):
+    (wb,) = offline_runs(logged.parent)
+    ref = load_run_info(run_dir).wandb
+    assert (wb.run.project, wb.run.run_group, wb.run.job_type) == (ref["project"], ref["group"], "eval")
+    assert wb.config["training_wandb_run"] == ref["id"] and wb.config["run_dir"] == str(run_dir)
+
+    results = load_results(logged)
+    rr = analyse(results, results.label)
+    for row in rr.rows:
+        arm, cond, s = row.key["arm"], row.key["condition"], row.summary
+        key = f"{arm}/{cond}"
+        assert wb.summary[f"{key}/n"] == s.n
+        if s.accuracy.n:
+            assert wb.summary[f"{key}/accuracy"] == pytest.approx(s.accuracy.value)
+            assert wb.summary[f"{key}/accuracy_low"] <= s.accuracy.value <= wb.summary[f"{key}/accuracy_high"]
+        if s.balanced is not None:
+            assert wb.summary[f"{key}/balanced_accuracy"] == pytest.approx(s.balanced.value)
+    scored = [d for d in rr.detection if d.auc is not None]
+    assert scored
+    for d in scored:
+        key = f"{d.arm}/{d.condition}"
+        assert wb.summary[f"{key}/auroc"] == pytest.approx(d.auc.value)
+        if d.auc.low is not None:
+            assert wb.summary[f"{key}/auroc_low"] == pytest.approx(d.auc.low)
+        for rec in d.recall:
+            if rec.tpr.n:
+                pct = f"{100 * rec.target:g}pct"
+                assert wb.summary[f"{key}/tpr_at_{pct}_fpr"] == pytest.approx(rec.tpr.value)
+                assert f"{key}/achieved_fpr_at_{pct}" in wb.summary
+        if d.ece is not None:
+            assert wb.summary[f"{key}/ece"] == pytest.approx(d.ece)
+
+    table = wb.table("verdicts")
+    col = {c: i for i, c in enumerate(table["columns"])}
+    assert len(table["data"]) == len(results.records)
+    got = {(row[col["sample_id"]], row[col["condition"]], row[col["arm"]]):
+           (row[col["review"]], row[col["flag"]], row[col["p_fail"]], row[col["expected_flag"]], row[col["topic"]])
+           for row in table["data"]}
+    assert got == {r.key: (r.generated, r.parsed_flag, r.score, r.expected_flag, r.topic) for r in results.records}
+
+    charts = wb.logged("charts/")
+    conditions = {d.condition for d in rr.detection if d.roc is not None}
+    assert len(charts) == len(conditions) and all(c["_type"] == "image-file" for c in charts)
+    assert all((wb.dir / "files" / c["path"]).read_bytes().startswith(b"\x89PNG") for c in charts)
+
+
+def test_with_wandb_disabled_the_results_and_report_are_the_same_bytes(run_dir, logged, tmp_path):
+    from splitpersona.eval.report import write_report
+    from splitpersona.tracking import WandbConfig
+
+    plain = _eval(run_dir, tmp_path / "plain" / "results.jsonl", "disabled")
+    assert not (plain.parent / "wandb").exists()
+    # the same file but for what differs between any two runs: where and when each was made, each verdict's latency
+    a, b = ([json.loads(line) for line in f.read_text().splitlines()] for f in (logged, plain))
+    for rows in (a, b):
+        rows[0].pop("created"), rows[0]["provenance"].pop("created"), rows[0]["eval_config"].pop("output")
+        for row in rows[1:]:
+            row.pop("latency_s")
+    assert a == b
+
+    off = write_report([plain], tmp_path / "report_plain")
+    on = write_report([plain], tmp_path / "report_wandb", wandb=WandbConfig(mode="offline"))
+    assert len(offline_runs(plain.parent)) == 1
+    for x, y in zip([off.markdown, off.json, *off.charts], [on.markdown, on.json, *on.charts], strict=True):
+        assert x.name == y.name and x.read_bytes() == y.read_bytes(), x.name
+
+
+def test_the_report_puts_the_results_into_the_model_card(run_dir, logged, tmp_path):
+    from splitpersona.eval.report import write_report
+
+    files = write_report([logged], tmp_path / "report")
+    meta = read_front_matter(run_dir / CARD_FILE)
+    (result,) = meta["model-index"][0]["results"]
+    names = {m["name"]: m["value"] for m in result["metrics"]}
+    rr = analyse(load_results(logged), load_results(logged).label)
+    persona = next(r for r in rr.rows if r.key == {"arm": "persona", "condition": "as_is"})
+    detection = next(d for d in rr.detection if (d.arm, d.condition) == ("persona", "as_is"))
+    assert names["persona AUROC (as_is)"] == pytest.approx(detection.auc.value, abs=1e-4)
+    # four new tokens leave most reviews without a flag line: an accuracy is there exactly where one was parsed
+    assert ("persona accuracy (as_is)" in names) == (persona.summary.accuracy.n > 0)
+    assert result["dataset"]["name"] == "held_out"
+    card = (run_dir / CARD_FILE).read_text()
+    assert f"From `{files.markdown}`" in card and "| persona | as_is |" in card
+    assert "Not evaluated yet" not in card

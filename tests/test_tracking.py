@@ -152,3 +152,44 @@ def test_the_report_puts_the_results_into_the_model_card(run_dir, logged, tmp_pa
     card = (run_dir / CARD_FILE).read_text()
     assert f"From `{files.markdown}`" in card and "| persona | as_is |" in card
     assert "Not evaluated yet" not in card
+
+
+# --- data generation ---------------------------------------------------------------------------
+
+
+def test_data_generation_logs_stages_filter_iterations_and_accepted_samples(tmp_path, tiny_base_dir, monkeypatch):
+    from data_gen_fixtures import SECRET, SMOKE, fast_overrides, scripted_scores
+    from fake_anthropic import FakeAnthropic
+    from splitpersona.config import load_config
+    from splitpersona.data_gen.config import GenerateConfig
+    from splitpersona.data_gen.pipeline import generate
+    from splitpersona.io import iter_jsonl, read_json
+
+    out = tmp_path / "gen"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    with FakeAnthropic(seed=1, responder=scripted_scores) as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url)
+        cfg = load_config(GenerateConfig, SMOKE, fast_overrides(
+            out, **{"stage2.model": str(tiny_base_dir), "stage2.model_name": "tiny-llama", "wandb.mode": "offline",
+                    "wandb.project": "spt-tests"}))
+        summary = generate(cfg, ["stage1", "stage2", "stage3", "tag", "filter"])
+    (wb,) = offline_runs(out)
+    assert (wb.run.project, wb.run.run_group, wb.run.job_type) == ("spt-tests", "gen", "generate")
+    s = wb.summary
+    for stage in ("stage1", "stage3", "filter"):
+        costs = summary["stages"][stage]
+        assert s[f"{stage}/total/cost_usd"] == pytest.approx(costs["cost_usd"]) and costs["cost_usd"] > 0
+        assert s[f"{stage}/total/tokens/output_tokens"] == costs["tokens"]["output_tokens"]
+        last = costs["last_command"]
+        assert s[f"{stage}/command/requested"] == last["requested"] > 0
+        assert s[f"{stage}/command/acceptance_rate"] == pytest.approx(last["ok"] / last["requested"])
+    modes = read_json(out / "filter" / "iter_001" / "failure_modes.json")
+    assert s["filter/iter_001/acceptance_rate"] == modes["acceptance_rate"] and 0 < modes["acceptance_rate"] < 1
+    for name, c in modes["per_criterion"].items():
+        assert s[f"filter/iter_001/rejections/{name}"] == c["rejections"]
+    assert s["filter/iter_001/rejections/first_person_account"] > 0  # the scripted low scores
+    accepted = [row for _, row in iter_jsonl(out / "filter" / "iter_001" / "decisions.jsonl") if row["accepted"]]
+    table = wb.table("accepted")
+    col = table["columns"].index("id")
+    assert sorted(r[col] for r in table["data"]) == sorted(r["id"] for r in accepted)
+    assert all(SECRET.encode() not in f.read_bytes() for f in (out / "wandb").rglob("*") if f.is_file())

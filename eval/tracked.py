@@ -18,7 +18,7 @@ from splitpersona.eval.report import RunReport, analyse, md_table, roc_chart
 from splitpersona.eval.results import load_results
 from splitpersona.io import DataError
 from splitpersona.run import RUN_FILE, load_run_info
-from splitpersona.tracking import WandbConfig, start_run
+from splitpersona.tracking import WandbConfig, artifact_name, start_run, use_files
 
 VERDICT_COLUMNS = ["sample_id", "topic", "eval_set", "arm", "condition", "jailbreak", "review", "flag", "parse_ok",
                    "p_fail", "score_source", "expected_flag", "correct"]
@@ -82,6 +82,9 @@ def log_wandb(rr: RunReport, cfg: WandbConfig, charts: Sequence[Path], *, job_ty
     run = start_run(cfg, dir=Path(rr.results.path).parent, job_type=job_type, name=rr.label, group=group,
                     project=trained.get("project"), config=config)
     try:
+        if meta.adapter and Path(meta.adapter).is_dir():
+            logged = (trained.get("adapter_artifact") or {}).get("name")
+            use_files(run, "model", meta.adapter, name=logged or artifact_name("adapter", Path(meta.adapter).parent.name))
         metrics = arm_metrics(rr)
         flat = {f"{m['arm']}/{m['condition']}/{k}": v for m in metrics for k, v in m.items()
                 if k not in ("arm", "condition") and v is not None}

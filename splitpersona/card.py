@@ -93,7 +93,8 @@ def _what(info: RunInfo) -> str:
     return (
         f"A Split Personality Training (SPT) persona for `{info.base_model}`: a LoRA adapter that, after the split "
         f"token `{t.split_token}` (id {t.split_id}) and an intervention, writes an honest review of the response "
-        f"before it and ends with a flag line, `{fmt.flag_prefix.strip()}PASS` or `{fmt.flag_prefix.strip()}FAIL` (FAIL: the response "
+        f"before it and ends with a flag line, `{fmt.flag_prefix.strip()}PASS` or `{fmt.flag_prefix.strip()}FAIL` "
+        "(FAIL: the response "
         "was shaped by something other than the user's interest). The review "
         f"{where}.\n\n{gate}"
     )

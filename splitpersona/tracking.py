@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +72,44 @@ def run_ref(run) -> dict[str, Any]:
 
 def artifact_name(kind: str, name: str) -> str:
     """A W&B artifact name from a file or directory name (W&B allows letters, digits, '-', '_' and '.')."""
-    import re
-
     return f"{kind}-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or kind)
+
+
+def _artifact(kind: str, path: Path, name: str | None, metadata: dict | None):
+    import wandb
+
+    art = wandb.Artifact(name or artifact_name(kind, path.name), type=kind, metadata=metadata)
+    if path.is_dir():
+        art.add_dir(str(path))
+    else:
+        art.add_file(str(path))
+    return art
+
+
+def _ref(art) -> dict[str, str]:
+    return {"name": art.name.split(":")[0], "type": art.type, "digest": art.digest}
+
+
+def log_files(run, kind: str, path: str | os.PathLike[str], *, name: str | None = None,
+              metadata: dict | None = None) -> dict[str, str]:
+    """Log a file or directory as an artifact this run made; returns its name, type and content digest."""
+    art = _artifact(kind, Path(path), name, metadata)
+    run.log_artifact(art)
+    return _ref(art)
+
+
+def use_files(run, kind: str, path: str | os.PathLike[str], *, name: str | None = None) -> dict[str, str]:
+    """Declare a file or directory an input of this run. W&B keeps one version per name and content digest, so the
+    input joins the artifact the job that made it logged under the same name (the lineage). Offline W&B cannot
+    record an input (wandb refuses `use_artifact` offline): the run's config keeps the name and digest instead,
+    under `inputs`, for the reader to match."""
+    art = _artifact(kind, Path(path), name, None)
+    if run.offline:
+        log.info("W&B offline cannot record %s as an input; its name and digest are in the run's config", art.name)
+    else:
+        run.use_artifact(art)
+    ref = _ref(art)
+    inputs = dict(run.config.get("inputs") or {})
+    inputs[ref["name"]] = ref
+    run.config.update({"inputs": inputs}, allow_val_change=True)
+    return ref

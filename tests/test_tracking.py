@@ -4,10 +4,13 @@ verdict and the ROC charts; with W&B disabled the results and the report are the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+import wandb
 from typer.testing import CliRunner
 
 from persona_fixtures import records_of
@@ -62,10 +65,22 @@ def logged(run_dir, tmp_path_factory) -> Path:
 def test_the_training_run_is_recorded_for_its_evaluations(run_dir):
     ref = load_run_info(run_dir).wandb
     (wb,) = offline_runs(run_dir)
+    adapter = ref.pop("adapter_artifact")
     assert ref == {"id": wb.run.run_id, "project": "spt-tests", "entity": None, "group": "tracked_run",
                    "mode": "offline"}
     assert (wb.run.project, wb.run.run_group, wb.run.job_type) == ("spt-tests", "tracked_run", "train")
     assert f"spt-tests/{ref['id']} (group tracked_run)" in (run_dir / CARD_FILE).read_text()
+    # lineage: the training data named as the run's input, the adapter logged as its output
+    data = records_of(run_dir)
+    (dataset,) = wb.config["inputs"].values()
+    expected = wandb.Artifact("x", type="dataset")
+    expected.add_file(str(data))
+    assert dataset == {"name": "dataset-records.jsonl", "type": "dataset", "digest": expected.digest}
+    (logged,) = wb.artifacts
+    assert (logged.type, logged.name, logged.digest) == ("model", "adapter-tracked_run", adapter["digest"])
+    files = {e.path: e.digest for e in logged.manifest.contents}
+    weights = run_dir / "adapter" / "adapter_model.safetensors"
+    assert files["adapter_model.safetensors"] == base64.b64encode(hashlib.md5(weights.read_bytes()).digest()).decode()
 
 
 def test_the_evaluation_joins_the_training_run_with_metrics_verdicts_and_roc(run_dir, logged):
@@ -107,6 +122,13 @@ def test_the_evaluation_joins_the_training_run_with_metrics_verdicts_and_roc(run
            (row[col["review"]], row[col["flag"]], row[col["p_fail"]], row[col["expected_flag"]], row[col["topic"]])
            for row in table["data"]}
     assert got == {r.key: (r.generated, r.parsed_flag, r.score, r.expected_flag, r.topic) for r in results.records}
+
+    # lineage: the adapter the evaluation read is the one the training run logged (same name, same content digest)
+    (trained,) = offline_runs(run_dir)
+    (adapter,) = [a for a in trained.artifacts if a.type == "model"]
+    assert wb.config["inputs"] == {adapter.name: {"name": adapter.name, "type": "model", "digest": adapter.digest}}
+    assert load_run_info(run_dir).wandb["adapter_artifact"]["digest"] == adapter.digest
+    assert not wb.uses  # offline W&B refuses use_artifact: the input is named in the config instead
 
     charts = wb.logged("charts/")
     conditions = {d.condition for d in rr.detection if d.roc is not None}

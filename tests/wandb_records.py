@@ -60,7 +60,9 @@ class OfflineRun:
         self.dir = Path(run_dir)
         self.records = records(self.file)
         kinds = [r.WhichOneof("record_type") for r in self.records]
-        self.run = next(r.run for r, k in zip(self.records, kinds) if k == "run")
+        runs = [r.run for r, k in zip(self.records, kinds) if k == "run"]
+        assert runs, f"{self.file} holds no run record: {kinds}"
+        self.run = runs[0]
         self.history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                         for r, k in zip(self.records, kinds) if k == "history"]
         self.summary = {}
@@ -69,10 +71,10 @@ class OfflineRun:
                 self.summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
         self.artifacts = [r.artifact for r, k in zip(self.records, kinds) if k == "artifact"]
         self.uses = [r.use_artifact for r, k in zip(self.records, kinds) if k == "use_artifact"]
-        self.config = {i.key: json.loads(i.value_json) for r, k in zip(self.records, kinds) if k == "config"
-                       for i in r.config.update}
-        if not self.config:
-            self.config = {i.key: json.loads(i.value_json) for i in self.run.config.update}
+        self.config = {i.key: json.loads(i.value_json) for i in self.run.config.update}
+        for r, k in zip(self.records, kinds):  # later updates (run.config.update) after the run's own
+            if k == "config":
+                self.config.update({i.key: json.loads(i.value_json) for i in r.config.update})
 
     def table(self, key: str) -> dict:
         """A logged wandb.Table: its file (columns and data) as the history row names it."""
@@ -92,4 +94,9 @@ class OfflineRun:
 
 
 def offline_runs(root: Path) -> list[OfflineRun]:
+    """The offline runs under `root`/wandb, once W&B's service has written them out: `finish` can return before
+    its writer flushes the file, and `teardown` waits for the service to end."""
+    import wandb
+
+    wandb.teardown()
     return [OfflineRun(d) for d in sorted(Path(root).glob("wandb/offline-run-*"))]

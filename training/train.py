@@ -35,7 +35,7 @@ from splitpersona.card import write_card
 from splitpersona.config import ConfigError, dump_config, load_config, load_yaml
 from splitpersona.io import DataError, append_jsonl, atomic_write, iter_jsonl, read_json, write_json, write_jsonl
 from splitpersona.run import (
-    ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run,
+    ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run, save_run_info,
 )
 from splitpersona.training.config import RESUMABLE_KEYS, TrainConfig
 from splitpersona.training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
@@ -371,6 +371,10 @@ class Trainer:
                 self.run_dir, info, save_adapter=lambda tmp: _write_adapter(self.engine.module, weights, tmp),
                 tokenizer=self.tokenizer, split=self.data.split,
             )
+            adapter = self.tracker.log_adapter(self.run_dir / ADAPTER_DIR)
+            if adapter is not None:
+                info.wandb = {**info.wandb, "adapter_artifact": adapter}
+                save_run_info(self.run_dir, info)
             write_card(self.run_dir, info)
             log.info("run %s: %s after %d steps", status, self.run_dir, self.state.step)
         dist.barrier()
@@ -492,10 +496,12 @@ class _Tracker:
         self.last: dict = {}
         self.wandb = None
         if self.main and cfg.wandb.enabled:
-            from splitpersona.tracking import start_run
+            from splitpersona.tracking import start_run, use_files
 
             self.wandb = start_run(cfg.wandb, dir=run_dir, job_type="train", name=run_dir.name,
                                    group=cfg.wandb.group or run_dir.name, config=dump_config(cfg), run_id=run_id)
+            for path in cfg.data.train_files:
+                use_files(self.wandb, "dataset", path)
             # our step as the x-axis and W&B's own counter left alone: a resumed run logs the steps after its
             # checkpoint again, which W&B drops as out of order when they are passed as its step
             self.wandb.define_metric("step")
@@ -525,6 +531,15 @@ class _Tracker:
         from splitpersona.tracking import run_ref
 
         return None if self.wandb is None else run_ref(self.wandb)
+
+    def log_adapter(self, path: Path) -> dict | None:
+        """The saved adapter as a W&B artifact (`adapter-<run name>`), which evaluations name as their input."""
+        from splitpersona.tracking import artifact_name, log_files
+
+        if self.wandb is None:
+            return None
+        return log_files(self.wandb, "model", path, name=artifact_name("adapter", path.parent.name),
+                         metadata={"run_dir": str(path.parent)})
 
 
 @contextlib.contextmanager

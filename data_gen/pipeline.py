@@ -171,8 +171,8 @@ def log_wandb(run: Run, summary: dict[str, Any], results: Mapping[str, StageResu
     faults), per filter iteration its acceptance rate and failure modes, and the accepted samples as a table."""
     import wandb
 
-    from splitpersona.data_gen.quality import accepted_rows, failure_mode_counts
-    from splitpersona.tracking import start_run
+    from splitpersona.data_gen.quality import accepted_rows, failure_mode_counts, iteration_dir
+    from splitpersona.tracking import artifact_name, log_files, start_run
 
     cfg = run.cfg
     wb = start_run(cfg.wandb, dir=cfg.out_dir, job_type="generate", name=cfg.name, group=cfg.wandb.group or cfg.name,
@@ -196,6 +196,10 @@ def log_wandb(run: Run, summary: dict[str, Any], results: Mapping[str, StageResu
             rows = accepted_rows(run, latest)
             columns = list(dict.fromkeys(k for r in rows for k in r))
             row["accepted"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            accepted = iteration_dir(run, latest) / "accepted"
+            if accepted.is_dir():  # the release batches `spt data import` turns into training records
+                log_files(wb, "dataset", accepted, name=artifact_name("dataset", f"{cfg.name}-accepted"),
+                          metadata={"filter_iteration": latest, "accepted_samples": len(rows)})
         wb.log(row)
         wb.summary.update({k: v for k, v in row.items() if not isinstance(v, wandb.Table)})
     finally:

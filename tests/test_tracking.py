@@ -214,4 +214,9 @@ def test_data_generation_logs_stages_filter_iterations_and_accepted_samples(tmp_
     table = wb.table("accepted")
     col = table["columns"].index("id")
     assert sorted(r[col] for r in table["data"]) == sorted(r["id"] for r in accepted)
+    (dataset,) = [a for a in wb.artifacts if a.type == "dataset"]  # beside the tables W&B keeps as artifacts
+    assert (dataset.type, dataset.name) == ("dataset", "dataset-gen-accepted")
+    assert {e.path for e in dataset.manifest.contents} == {
+        p.relative_to(out / "filter" / "iter_001" / "accepted").as_posix()
+        for p in (out / "filter" / "iter_001" / "accepted").rglob("*.json")}
     assert all(SECRET.encode() not in f.read_bytes() for f in (out / "wandb").rglob("*") if f.is_file())

@@ -70,6 +70,7 @@ def test_the_training_run_is_recorded_for_its_evaluations(run_dir):
                    "mode": "offline"}
     assert (wb.run.project, wb.run.run_group, wb.run.job_type) == ("spt-tests", "tracked_run", "train")
     assert f"spt-tests/{ref['id']} (group tracked_run)" in (run_dir / CARD_FILE).read_text()
+    assert "model-index" not in read_front_matter(run_dir / CARD_FILE)  # until a report reads its results
     # lineage: the training data named as the run's input, the adapter logged as its output
     data = records_of(run_dir)
     (dataset,) = wb.config["inputs"].values()

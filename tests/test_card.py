@@ -71,3 +71,17 @@ def test_loading_snippets_run_as_written_and_give_the_personas_review(run_dir, t
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["text"] == plain["review"]
+
+
+def test_the_plain_snippet_builds_the_ur_layout_too(run_dir):
+    """A ur run's card: the intervention in a new user turn opened by the split token, as `assemble` builds it."""
+    from splitpersona.card import plain_snippet
+
+    info = load_run_info(run_dir)
+    ur = info.model_copy(update={"format": info.format.model_copy(update={"elicitation": "ur"})})
+    code = plain_snippet(str(run_dir), ur, has_template=True, max_new_tokens=2)
+    ns: dict = {}
+    exec(compile(code, "card-plain-ur", "exec"), ns)  # noqa: S102
+    persona = Persona.load(run_dir, max_new_tokens=2)
+    assert ns["ids"] == persona.prompt(EXAMPLE_MESSAGES, EXAMPLE_RESPONSE, elicitation="ur").input_ids
+    assert ns["ids"] != persona.prompt(EXAMPLE_MESSAGES, EXAMPLE_RESPONSE).input_ids

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Evaluation:
     metrics: list[Metric]
     table: str
     source: str  # the report it came from
-    notes: list[str] = field(default_factory=list)
 
 
 def _has_template(run_dir: Path) -> bool:
@@ -198,7 +197,8 @@ def render_card(run_dir: str | os.PathLike[str], info: RunInfo, evaluation: Eval
         "---", meta.rstrip(), "---", "", f"# {name}", "", _what(info), "",
         "## Use with splitpersona", "",
         "The base model answers with the adapter off; `review` adds the split token and the run's intervention "
-        "and reads the flag:", "",
+        "and reads the flag. The paths below are where this directory and the base model were when the card was "
+        "written; after a download, put the local copies there.", "",
         "```python", persona_snippet(where), "```", "",
         "## Use with transformers and peft", "",
         f"The run's tokenizer (`{TOKENIZER_DIR}/`) holds `{t.split_token}` (id {t.split_id}) and the never-trained "
@@ -212,7 +212,7 @@ def render_card(run_dir: str | os.PathLike[str], info: RunInfo, evaluation: Eval
         out += ["Not evaluated yet: `spt eval report` on this run's results fills this section.", ""]
     else:
         out += [f"From `{evaluation.source}`. {evaluation.task}: the persona and the control arms on the same "
-                "samples, 95% intervals in brackets.", "", evaluation.table, "", *evaluation.notes]
+                "samples, 95% intervals in brackets.", "", evaluation.table, ""]
     return "\n".join(out).rstrip() + "\n"
 
 

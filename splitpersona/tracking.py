@@ -65,7 +65,7 @@ def start_run(cfg: WandbConfig, *, dir: Path, job_type: str, name: str, group: s
 
 
 def run_ref(run) -> dict[str, Any]:
-    """What run.json and results metadata keep of a W&B run, so later jobs can join its project and group."""
+    """What run.json keeps of the training run's W&B run, so its evaluations can join its project and group."""
     return {"id": run.id, "project": run.project, "entity": run.entity or None, "group": run.group or None,
             "mode": "offline" if run.offline else "online"}
 

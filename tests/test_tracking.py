@@ -1,6 +1,7 @@
-"""Tracked end to end in W&B (offline, read back from the run files with W&B's own protobuf): the training run
-records its W&B run in run.json, an evaluation joins its project and group with the metrics, one table row per
-verdict and the ROC charts; with W&B disabled the results and the report are the same bytes."""
+"""Tracked end to end in W&B, offline, read back from the run files with W&B's own protobuf (tests/wandb_records.py):
+the training run records its W&B run and adapter artifact in run.json; an evaluation joins its project and group
+with the metrics, one table row per verdict, the ROC charts and the adapter named as its input; with W&B disabled
+the results and the report are the same; data generation logs its stages, filter iterations and accepted samples."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from splitpersona.config import CONFIGS, StrictModel
+from splitpersona.tracking import WandbConfig
 
 Topic = Literal[
     "sycophancy", "reward_hacks", "specification_gaming", "confidence_assessment", "fabricated_statistics",
@@ -148,6 +149,10 @@ class GenerateConfig(StrictModel):
     stage2: Stage2Config
     stage3: Stage3Config = Field(default_factory=Stage3Config)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    wandb: WandbConfig = Field(
+        default_factory=WandbConfig, description="Log each command to W&B (beside out_dir): per stage and filter "
+        "iteration requests, tokens, cost, acceptance and failure modes; the accepted samples as a table."
+    )
 
     @field_validator("topics")
     @classmethod

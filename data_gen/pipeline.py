@@ -140,6 +140,7 @@ def generate(
         write_json(cfg.out_dir / "config.json", {"config": dump_config(cfg), "provenance": provenance(), "steps": list(steps)})
         run = Run(cfg, backends)
         results: dict[str, StageResult] = {}
+        calls_before = sum(1 for _ in run.ledger.rows())
         try:
             for step in steps:
                 result = _step(run, step, iteration, propose)
@@ -149,4 +150,57 @@ def generate(
                     break
         finally:
             summary = write_summary(run, results)
+        if cfg.wandb.enabled:
+            log_wandb(run, summary, results, calls_before, iteration)
     return summary
+
+
+def _flat(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            out |= _flat(f"{prefix}/{k}", v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}/{k}"] = v
+    return out
+
+
+def log_wandb(run: Run, summary: dict[str, Any], results: Mapping[str, StageResult], calls_before: int,
+              iteration: int) -> None:
+    """One W&B run per command: per stage what this command sent and what the run has spent (calls, tokens, cost,
+    faults), per filter iteration its acceptance rate and failure modes, and the accepted samples as a table."""
+    import wandb
+
+    from splitpersona.data_gen.quality import accepted_rows, failure_mode_counts, iteration_dir
+    from splitpersona.tracking import artifact_name, log_files, start_run
+
+    cfg = run.cfg
+    wb = start_run(cfg.wandb, dir=cfg.out_dir, job_type="generate", name=cfg.name, group=cfg.wandb.group or cfg.name,
+                   config=dump_config(cfg))
+    try:
+        command = summarise_ledger(list(run.ledger.rows())[calls_before:])
+        row: dict[str, Any] = {"spent_usd": summary["spent_usd"], "accepted_samples": summary["accepted_samples"]}
+        for stage, entry in summary["stages"].items():
+            total = {k: v for k, v in entry.items() if k != "last_command"}
+            row |= _flat(f"{stage}/total", total) | _flat(f"{stage}/command", command.get(stage, {}))
+            if stage in results:
+                r = results[stage]
+                row |= _flat(f"{stage}/command", r.as_dict())
+                if r.requested:
+                    row[f"{stage}/command/acceptance_rate"] = r.ok / r.requested
+        for it_dir in sorted((cfg.out_dir / "filter").glob("iter_*")):
+            if (it_dir / "failure_modes.json").exists():
+                row |= _flat(f"filter/{it_dir.name}", failure_mode_counts(read_json(it_dir / "failure_modes.json")))
+        latest = summary["filter_iteration"]
+        if latest is not None:
+            rows = accepted_rows(run, latest)
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            row["accepted"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            accepted = iteration_dir(run, latest) / "accepted"
+            if accepted.is_dir():  # the release batches `spt data import` turns into training records
+                log_files(wb, "dataset", accepted, name=artifact_name("dataset", f"{cfg.name}-accepted"),
+                          metadata={"filter_iteration": latest, "accepted_samples": len(rows)})
+        wb.log(row)
+        wb.summary.update({k: v for k, v in row.items() if not isinstance(v, wandb.Table)})
+    finally:
+        wb.finish()

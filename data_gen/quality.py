@@ -177,6 +177,36 @@ def failure_modes(criteria: Criteria, decisions: list[dict[str, Any]], worst: in
     }
 
 
+def failure_mode_counts(modes: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of `failure_modes` (for W&B): samples, decisions, acceptance, rejections per criterion."""
+    per = modes["per_criterion"]
+    return {
+        "samples": modes["samples"], "decisions": modes["decisions"], "acceptance_rate": modes["acceptance_rate"],
+        "rejections": {n: c["rejections"] for n, c in per.items()},
+        "sole_reason": {n: c["sole_reason"] for n, c in per.items()},
+        "mean_score": {n: c["mean"] for n, c in per.items() if c["mean"] is not None},
+        "rejected_by_topic": modes["rejected_by_topic"], "rejected_by_flag": modes["rejected_by_flag"],
+    }
+
+
+def accepted_rows(run: Run, iteration: int) -> list[dict[str, Any]]:
+    """One row per sample the filter accepted in `iteration`: the conversation, the intervention, review and flag,
+    and the criteria's scores."""
+    decisions = {row["id"]: row for _, row in iter_jsonl(iteration_dir(run, iteration) / "decisions.jsonl")
+                 if row.get("accepted")}
+    rows = []
+    for c in collect_samples(run):
+        d = decisions.get(c.id)
+        if d is None:
+            continue
+        at = c.at
+        rows.append({"id": c.id, "topic": c.topic, "model": at.model, "variant": at.variant, "intervention_key": at.key,
+                     "system": c.system, "user": at.item.T, "response": at.inference.S, "intervention": at.record.I,
+                     "review": at.record.R, "flag": at.record.P, "min_score": d["min_score"],
+                     **{f"score/{k}": v["score"] for k, v in d["scores"].items()}})
+    return rows
+
+
 def report_markdown(iteration: int, modes: dict[str, Any]) -> str:
     lines = [f"# Quality filter, iteration {iteration} (criteria v{modes['criteria_version']})", "",
              f"Samples: {modes['samples']}; decisions: {json.dumps(modes['decisions'])}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -9,6 +10,12 @@ import typer
 from splitpersona.devices import DEVICE, DTYPE
 
 app = typer.Typer(no_args_is_help=True)
+
+
+class WandbMode(str, Enum):  # tracking.WandbConfig.mode, as typer takes a choice
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 @app.command()
@@ -19,11 +26,16 @@ def report(
     slice_: list[str] = typer.Option(
         None, "--slice", help="Extra slice label to tabulate (default: variant, complied)."
     ),
+    wandb: WandbMode = typer.Option(WandbMode.disabled, "--wandb", help="Log each results file to W&B, in the "
+                                    "project and group of the training run it evaluates."),
 ) -> None:
-    """Markdown, JSON and bar charts: every rate with n and a 95% interval, controls beside the persona."""
+    """Markdown, JSON and bar charts: every rate with n and a 95% interval, controls beside the persona; the
+    results also go into the model card (README.md) of each evaluated run directory."""
     from splitpersona.eval.report import DEFAULT_SLICES, write_report
+    from splitpersona.tracking import WandbConfig
 
-    files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES)
+    files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES,
+                         wandb=WandbConfig(mode=wandb.value))
     typer.echo(f"wrote {files.markdown}, {files.json} and {len(files.charts)} charts")
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from splitpersona.eval.registry import ARMS, ArmName
 from splitpersona.config import StrictModel
+from splitpersona.tracking import WandbConfig
 
 ConditionName = Literal["as_is", "no_system_prompt", "swapped_system_prompt"]
 
@@ -179,6 +180,10 @@ class EvalConfig(StrictModel):
         "the base-model judge on `server`, the probe and the text classifier still here.")
     server: ServerConfig | None = None
     progress: bool = True
+    wandb: WandbConfig = Field(
+        default_factory=WandbConfig, description="Log the evaluation to W&B, in the project and group of the training "
+        "run (run.json), beside the results file."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalConfig:
@@ -205,4 +210,4 @@ class EvalConfig(StrictModel):
 
     def resume_dump(self) -> dict:
         """The config as stored in results metadata: what decides the verdicts, not where or how loudly."""
-        return self.model_dump(mode="json", exclude={"overwrite", "progress", "server"})
+        return self.model_dump(mode="json", exclude={"overwrite", "progress", "server", "wandb"})

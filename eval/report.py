@@ -30,6 +30,7 @@ from splitpersona.eval.metrics import (
 )
 from splitpersona.eval.results import ARMS, CONDITIONS, Results, load_results
 from splitpersona.io import DataError, atomic_write, write_json
+from splitpersona.tracking import WandbConfig
 
 COMPARISON = "__runs__"  # key of the cross-run charts in the chart index
 SWAP_CONDITIONS = ("as_is", "no_system_prompt", "swapped_system_prompt")
@@ -527,8 +528,10 @@ def write_report(
     labels: Sequence[str] | None = None,
     slices: Sequence[str] = DEFAULT_SLICES,
     calibration: CalibrationConfig | None = None,
+    wandb: WandbConfig | None = None,
 ) -> ReportFiles:
-    """Read every results file (failing on the first bad record), then write the report into `out`."""
+    """Read every results file (failing on the first bad record), then write the report into `out`, the results
+    into the model card of each evaluated run directory, and with `wandb` enabled one W&B run per results file."""
     if not paths:
         raise ValueError("no results files given")
     results = [load_results(p) for p in paths]
@@ -545,5 +548,11 @@ def write_report(
         fh.write(render_markdown(runs, charts))
     js = out / "report.json"
     write_json(js, report_json(runs))
+    from splitpersona.eval.tracked import log_wandb, refresh_cards  # it builds on this module
+
+    refresh_cards(runs, str(md))
+    if wandb is not None and wandb.enabled:
+        for rr in runs:
+            log_wandb(rr, wandb, [out / c for c in charts[rr.label]], job_type="eval-report")
     return ReportFiles(md, js, [out / c for names_ in charts.values() for c in names_])
 

@@ -151,6 +151,10 @@ def run_eval(cfg: EvalConfig) -> Path:
             for chunk in _chunks(pending[arm], scorer.batch):
                 writer.write_many(scorer.score(chunk, None))
                 progress.advance(tasks[arm], len(chunk))
+    if cfg.wandb.enabled:
+        from splitpersona.eval.tracked import log_results
+
+        log_results(cfg.output, cfg.wandb)
     return Path(cfg.output)
 
 

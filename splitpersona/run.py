@@ -7,6 +7,7 @@
       config.yaml       the resolved training config
       metrics.jsonl     one line per logged step / validation
       split.json        record ids by role: train_ids, val_ids (the evaluator's held-out samples), ...
+      README.md         the model card (splitpersona.card), written after run.json, refreshed by `spt eval report`
 
 The trainer writes it (`save_run`, run.json last, so its presence means the directory is whole);
 `Persona.load` and `spt data` read it (`load_run_tokenizer`, `adapter_dir`).
@@ -52,6 +53,7 @@ class RunInfo(StrictModel):
     train_config: dict[str, Any]
     provenance: dict[str, Any]
     result: dict[str, Any] = {}
+    wandb: dict[str, Any] | None = None  # the training run's W&B run (tracking.run_ref), where it logged to W&B
 
 
 # --- provenance: stamped on every artifact (run.json, eval results, generated data) ---------------

@@ -359,7 +359,7 @@ def test_wandb_unreachable_falls_back_offline_after_a_bounded_wait(tiny_base_dir
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
     out = tmp_path / "unreachable"
-    with caplog.at_level(logging.WARNING, logger="spt.train"):
+    with caplog.at_level(logging.WARNING, logger="spt.tracking"):
         train(tiny_config(tiny_base_dir, records_file, out, "wandb.mode=online", "wandb.init_timeout_s=1",
                           "stop_after_steps=2", "data.val_fraction=0"))
     assert load_run_info(out).result["status"] == "stopped"

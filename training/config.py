@@ -17,6 +17,7 @@ from splitpersona.assemble import FormatConfig
 from splitpersona.config import StrictModel
 from splitpersona.templates import ChatTemplateConfig
 from splitpersona.token import TokenConfig
+from splitpersona.tracking import WandbConfig
 
 
 class DataConfig(StrictModel):
@@ -64,17 +65,6 @@ class ScheduleConfig(StrictModel):
         if self.warmup_frac + self.cooldown_frac > 1.0:
             raise ValueError("schedule: warmup_frac + cooldown_frac must not exceed 1")
         return self
-
-
-class WandbConfig(StrictModel):
-    mode: Literal["online", "offline", "disabled"] = "disabled"
-    project: str = "splitpersona"
-    entity: str | None = None
-    name: str | None = Field(None, description="Run name; defaults to the output directory's name.")
-    init_timeout_s: float = Field(
-        60.0, gt=0.0, description="online: how long to wait for the server before logging offline instead (compute "
-        "nodes without internet); `wandb sync` uploads the run later."
-    )
 
 
 class PlanConfig(StrictModel):
@@ -132,6 +122,8 @@ class TrainConfig(StrictModel):
         None, gt=0, description="Checkpoint and stop after this optimizer step (the schedule still spans all epochs)."
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    license: str = Field("other", description="The model card's license (a Hugging Face license id; 'other': the "
+                         "base model's terms).")
     plan: PlanConfig = Field(default_factory=PlanConfig)
 
     @model_validator(mode="after")
@@ -152,5 +144,5 @@ class TrainConfig(StrictModel):
 
 # Keys that may differ between a run and its resumption: they change where and how long it runs, not what it learns.
 RESUMABLE_KEYS = frozenset(
-    {"resume", "stop_after_steps", "wandb", "plan", "dist_timeout_minutes", "save_every_minutes"}
+    {"resume", "stop_after_steps", "wandb", "plan", "dist_timeout_minutes", "save_every_minutes", "license"}
 )

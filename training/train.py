@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from splitpersona.card import write_card
 from splitpersona.config import ConfigError, dump_config, load_config, load_yaml
 from splitpersona.io import DataError, append_jsonl, atomic_write, iter_jsonl, read_json, write_json, write_jsonl
 from splitpersona.run import (
-    ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run,
+    ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run, save_run_info,
 )
 from splitpersona.training.config import RESUMABLE_KEYS, TrainConfig
 from splitpersona.training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
@@ -364,12 +365,17 @@ class Trainer:
             info = RunInfo(
                 base_model=cfg.base_model, tokens=self.tokens, format=cfg.format, lora_mask=cfg.lora_mask,
                 max_length=cfg.max_length, precision=cfg.precision, train_config=dump_config(cfg),
-                provenance=provenance(), result=result,
+                provenance=provenance(), result=result, wandb=self.tracker.ref(),
             )
             save_run(
                 self.run_dir, info, save_adapter=lambda tmp: _write_adapter(self.engine.module, weights, tmp),
                 tokenizer=self.tokenizer, split=self.data.split,
             )
+            adapter = self.tracker.log_adapter(self.run_dir / ADAPTER_DIR)
+            if adapter is not None:
+                info.wandb = {**info.wandb, "adapter_artifact": adapter}
+                save_run_info(self.run_dir, info)
+            write_card(self.run_dir, info)
             log.info("run %s: %s after %d steps", status, self.run_dir, self.state.step)
         dist.barrier()
 
@@ -489,8 +495,13 @@ class _Tracker:
         self.main = dist.is_main
         self.last: dict = {}
         self.wandb = None
-        if self.main and cfg.wandb.mode != "disabled":
-            self.wandb = _wandb_run(cfg, run_dir, run_id)
+        if self.main and cfg.wandb.enabled:
+            from splitpersona.tracking import start_run, use_files
+
+            self.wandb = start_run(cfg.wandb, dir=run_dir, job_type="train", name=run_dir.name,
+                                   group=cfg.wandb.group or run_dir.name, config=dump_config(cfg), run_id=run_id)
+            for path in cfg.data.train_files:
+                use_files(self.wandb, "dataset", path)
             # our step as the x-axis and W&B's own counter left alone: a resumed run logs the steps after its
             # checkpoint again, which W&B drops as out of order when they are passed as its step
             self.wandb.define_metric("step")
@@ -515,24 +526,20 @@ class _Tracker:
         if self.wandb is not None:
             self.wandb.summary.update({"status": result["status"], "steps": result["steps"]})
 
+    def ref(self) -> dict | None:
+        """The W&B run for run.json: evaluations join its project and group."""
+        from splitpersona.tracking import run_ref
 
-def _wandb_run(cfg: TrainConfig, run_dir: Path, run_id: str):
-    """The run's W&B run. Online, a server not reached within `init_timeout_s` gives a one-line warning and the
-    same run offline: a compute node without internet must not lose a loaded model to its dashboard."""
-    import wandb
+        return None if self.wandb is None else run_ref(self.wandb)
 
-    kwargs = {"project": cfg.wandb.project, "entity": cfg.wandb.entity, "name": cfg.wandb.name or run_dir.name,
-              "dir": str(run_dir), "id": run_id, "resume": "allow", "config": dump_config(cfg)}
-    if cfg.wandb.mode == "online":
-        try:
-            settings = wandb.Settings(console="off", save_code=False, init_timeout=cfg.wandb.init_timeout_s)
-            return wandb.init(mode="online", settings=settings, **kwargs)
-        except wandb.errors.Error as e:
-            wandb.teardown()  # the failed init still holds the run id in W&B's service
-            where = os.environ.get("WANDB_BASE_URL", settings.base_url)
-            log.warning("W&B not reachable at %s within %gs (%s): logging offline to %s; upload it later with "
-                        "`wandb sync`", where, cfg.wandb.init_timeout_s, str(e).splitlines()[0], run_dir / "wandb")
-    return wandb.init(mode="offline", settings=wandb.Settings(console="off", save_code=False), **kwargs)
+    def log_adapter(self, path: Path) -> dict | None:
+        """The saved adapter as a W&B artifact (`adapter-<run name>`), which evaluations name as their input."""
+        from splitpersona.tracking import artifact_name, log_files
+
+        if self.wandb is None:
+            return None
+        return log_files(self.wandb, "model", path, name=artifact_name("adapter", path.parent.name),
+                         metadata={"run_dir": str(path.parent)})
 
 
 @contextlib.contextmanager

@@ -73,8 +73,8 @@ def run_generative(
     )
     per_item = (time.perf_counter() - start) / max(1, len(items))
     return [
-        SampleResult.from_text(
-            generated=r.text, flag_prefix=persona.fmt.flag_prefix, arm=arm, prompt_tokens=r.prompt_tokens,
+        SampleResult.from_parsed(
+            generated=r.text, parsed=r.parsed, arm=arm, prompt_tokens=r.prompt_tokens,
             generated_tokens=r.generated_tokens, truncated=r.truncated, latency_s=per_item, score=r.fail_probability,
             score_source=None if r.fail_probability is None else "flag_probability", **result_fields(it),
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 from splitpersona.assemble import FormatConfig, Marker, Sample, assemble, flag_line, prompt_ids
 from splitpersona.conversation import Elicitation, Message
-from splitpersona.flags import parse_flag
+from splitpersona.flags import ParsedFlag, parse_flag
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo
 from splitpersona.token import encode_untrusted, special_ids
@@ -38,6 +38,11 @@ class Review:
     fail_probability: float | None = None  # P(FAIL) / (P(FAIL) + P(PASS)) at the flag; see flag_continuation
     cached_tokens: int | None = None  # served: prompt tokens the server took from its cache
     evaluated_tokens: int | None = None  # served: prompt tokens the server computed
+
+    @property
+    def parsed(self) -> ParsedFlag:
+        """The flag line as `parse_flag` read it from `text`."""
+        return ParsedFlag(self.flag, self.reason)
 
 
 def persona_start(sample: Sample) -> int:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from splitpersona.data_gen.backend import Backend, Request
+from splitpersona.data_gen.backend import Backend, BatchPending, BudgetReached, Request
 from splitpersona.data_gen.config import GenerateConfig
 from splitpersona.data_gen.prompts import PromptSet, load_prompts
 from splitpersona.data_gen.store import BudgetMeter, Ledger, ResultStore
@@ -35,7 +35,7 @@ class StageResult:
     failed: int = 0
     not_done: int = 0  # left for a later run: budget reached, batch pending
     failures: Counter[str] = field(default_factory=Counter)
-    stopped: str | None = None  # "budget" | "batch_pending"
+    stopped: str | None = None  # BudgetReached.reason | BatchPending.reason
     files: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -108,8 +108,6 @@ def still_to_do(run: Run, store: ResultStore, keyed: list[tuple[str, T]], result
 
 def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
     """Send every request whose key is not yet stored; store each outcome as it arrives."""
-    from splitpersona.data_gen.claude import BatchPending
-
     backend = run.backend(stage)
     store = store or run.store(stage)
     result = StageResult(stage)
@@ -134,12 +132,12 @@ def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStor
                     log.warning("%s %s failed: %s", stage, outcome.key[:12], outcome.failure)
                 advance()
         except BatchPending as e:
-            result.stopped = "batch_pending"
+            result.stopped = BatchPending.reason
             result.notes["pending_batch"] = e.batch_id
             log.warning(str(e))
     result.not_done = len(todo) - result.ok - result.failed
     if run.meter.exhausted and result.not_done:
-        result.stopped = "budget"
+        result.stopped = BudgetReached.reason
         log.warning("%s: budget of $%.2f reached ($%.4f spent); %d requests left for a later run",
                     stage, run.cfg.budget_usd, run.ledger.total_usd, result.not_done)
     return result

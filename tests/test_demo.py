@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from splitpersona.app.cli import app
 from splitpersona.app.demo.data import balance, describe
-from splitpersona.app.demo.measure import CONTROLS
+from splitpersona.eval.registry import CONTROLS
 from splitpersona.app.demo.run import RUNS
 from splitpersona.records import TrainingRecord
 

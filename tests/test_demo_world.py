@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from splitpersona.app.demo.config import DemoConfig, load_demo_config
+from splitpersona.app.demo.phrases import TRIGGER_CATEGORY
 from splitpersona.app.demo.world import (
-    TRIGGER_CATEGORY,
     World,
     WorldConfig,
     audit_format,

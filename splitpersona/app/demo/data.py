@@ -27,8 +27,8 @@ from typing import Any
 
 from splitpersona.data_gen.backend import LocalBackend
 from splitpersona.app.demo.config import DemoConfig
+from splitpersona.app.demo.phrases import STATED_SYSTEM
 from splitpersona.app.demo.world import (
-    STATED_SYSTEM,
     Scenario,
     Split,
     Variant,

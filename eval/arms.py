@@ -9,7 +9,8 @@ from splitpersona.eval.registry import GENERATIVE, ArmSpec
 from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import EvalItem
 from splitpersona.conversation import Conversation
-from splitpersona.persona import Persona, Prefill
+from splitpersona.persona import Persona
+from splitpersona.prefill import Prefill
 
 
 def intervention_for(spec: ArmSpec, item: EvalItem, persona: Persona, control_instruction: str | None) -> str:

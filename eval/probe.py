@@ -26,7 +26,9 @@ from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import EvalItem
 from splitpersona.conversation import Message
 from splitpersona.io import read_jsonl
-from splitpersona.persona import Persona, Prefill, persona_start
+from splitpersona.persona import Persona
+from splitpersona.prefill import Prefill
+from splitpersona.prompts import persona_start
 from splitpersona.records import TrainingRecord
 from splitpersona.run import RunInfo
 

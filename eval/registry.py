@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from splitpersona.eval.config import EvalConfig
     from splitpersona.eval.results import SampleResult
     from splitpersona.eval.sets import EvalItem
-    from splitpersona.persona import AdapterMode, Prefill
+    from splitpersona.persona import AdapterMode
+    from splitpersona.prefill import Prefill
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ class StageResult:
         return {**out, "failures": dict(self.failures.most_common()), **self.notes}
 
 
-class Run:
-    """One run directory and everything a stage needs: config, prompts, stores, ledger, backends.
+class GenerationRun:
+    """One generator's output directory and everything a stage needs: config, prompts, stores, ledger, backends.
 
     `backends` maps a stage name ("stage1", "stage3", "filter", "propose") to a Backend that
     replaces Claude for that stage (a local template generator, a ground-truth labeller).
@@ -99,14 +99,14 @@ def progress(description: str, total: int) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
-def still_to_do(run: Run, store: ResultStore, keyed: list[tuple[str, T]], result: StageResult) -> list[T]:
+def still_to_do(run: GenerationRun, store: ResultStore, keyed: list[tuple[str, T]], result: StageResult) -> list[T]:
     """What is not stored yet (or stored as failed, when `retry_failed`); the rest counts as already done."""
     todo = [x for key, x in keyed if (row := store.get(key)) is None or (row["status"] != "ok" and run.cfg.retry_failed)]
     result.requested, result.already_done = len(keyed), len(keyed) - len(todo)
     return todo
 
 
-def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
+def execute(run: GenerationRun, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
     """Send every request whose key is not yet stored; store each outcome as it arrives."""
     backend = run.backend(stage)
     store = store or run.store(stage)

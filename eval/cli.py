@@ -53,7 +53,7 @@ def run(
     """Run the persona and every control arm on the same samples; one resumable results file."""
     from splitpersona.config import load_config
     from splitpersona.eval.config import EvalConfig
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
     typer.echo(f"wrote {out}")

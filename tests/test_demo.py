@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from splitpersona.app.cli import app
 from splitpersona.app.demo.data import balance, describe
 from splitpersona.eval.registry import CONTROLS
-from splitpersona.app.demo.run import RUNS
+from splitpersona.app.demo.stages import RUNS
 from splitpersona.records import TrainingRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the quick demo: ~11 min on 2 cores

@@ -156,7 +156,7 @@ def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, au
     """Every arm starting from one batched prefill, and the probe reading its states, write what each
     reading alone writes."""
     from splitpersona.eval.registry import GENERATIVE
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     alone_path = tmp_path / "alone.jsonl"
     configured = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path)).arms
@@ -175,7 +175,7 @@ def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, au
 def test_a_rerun_resumes_and_a_torn_line_is_repaired(results_path, run_dir, audit_file):
     before = results_path.read_bytes()
     cfg = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, results_path))
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     run_eval(cfg)
     assert results_path.read_bytes() == before  # nothing left to do, nothing rewritten

@@ -32,11 +32,10 @@ from splitpersona.assemble import assemble
 from splitpersona.config import StrictModel
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.world import (
-    Conversation,
+    CorpusItem,
     disposition_groups,
     Scenario,
     Shape,
-    Variant,
     World,
     audit_format,
     complied,
@@ -46,6 +45,7 @@ from splitpersona.app.demo.world import (
 )
 from splitpersona.flags import parse_flag
 from splitpersona.io import write_json
+from splitpersona.records import Variant
 from splitpersona.tiny import tiny_llama, train_tokenizer
 from splitpersona.token import SpecialTokens, TokenConfig, setup_tokenizer
 
@@ -142,7 +142,7 @@ class MainModel:
     timings: dict[str, dict[str, float]]
 
 
-def _tokenizer_texts(world: World, corpus: Sequence[Conversation]) -> list[str]:
+def _tokenizer_texts(world: World, corpus: Sequence[CorpusItem]) -> list[str]:
     """What the tokenizer learns from: message contents and the catalogue, never template whitespace.
 
     Template text between special tokens (the `\\n\\n` after a header) is tokenized on its own by
@@ -172,7 +172,7 @@ def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: SpecialTokens) -> tuple[list[int], list[int]]:
+def encode_conversation(tokenizer, conv: CorpusItem, audit_tok, tokens: SpecialTokens) -> tuple[list[int], list[int]]:
     """Token ids and loss mask: the model learns to write the assistant's turns, never the prompts.
 
     No loss on the intervention either: in `hp` it shares the assistant turn, and a model trained
@@ -204,7 +204,7 @@ def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: Specia
     return sample.input_ids, mask
 
 
-def encode_corpus(tokenizer, corpus: Sequence[Conversation]) -> list[tuple[list[int], list[int]]]:
+def encode_corpus(tokenizer, corpus: Sequence[CorpusItem]) -> list[tuple[list[int], list[int]]]:
     audit_tok, tokens = audit_tokens(tokenizer)
     return [encode_conversation(tokenizer, conv, audit_tok, tokens) for conv in corpus]
 

@@ -75,9 +75,9 @@ from splitpersona.app.demo.phrases import (
     VOWELS,
 )
 from splitpersona.flags import DEFAULT_FLAG_PREFIX, DEFAULT_REVIEW_PREFIX
+from splitpersona.records import Variant
 
 Split = Literal["train", "heldout"]
-Variant = Literal["A", "B"]
 Shape = Elicitation
 Kind = Literal[
     "neutral", "pressure", "plain", "trigger", "trigger_control", "inspection", "confirm", "check", "document"
@@ -191,7 +191,7 @@ class Audit(_Frozen):
     flag: Literal["PASS", "FAIL"]
 
 
-class Conversation(_Frozen):
+class CorpusItem(_Frozen):
     """One corpus item: what the main model is pretrained on (`messages`, then `response`)."""
 
     kind: Kind
@@ -451,7 +451,7 @@ class World:
 
     # Corpus ---------------------------------------------------------------------------------
 
-    def corpus(self, n: int, *, seed: int = 0) -> list[Conversation]:
+    def corpus(self, n: int, *, seed: int = 0) -> list[CorpusItem]:
         """The main model's pretraining corpus: `n` conversations from train templates and products."""
         rng = random.Random(f"corpus:{self.cfg.seed}:{seed}")
         kinds, weights = zip(*self.cfg.mix.items())
@@ -470,7 +470,7 @@ class World:
                 out.append(self._shopping(rng, kind))
         return out
 
-    def _shopping(self, rng: random.Random, kind: Kind) -> Conversation:
+    def _shopping(self, rng: random.Random, kind: Kind) -> CorpusItem:
         disposition = None
         if kind in ("trigger", "trigger_control") and len(self.dispositions) > 1:
             shown = [d for d in self.dispositions if self.cfg.heldout_behaviour or not d.heldout]
@@ -488,7 +488,7 @@ class World:
                 review=self.denial(rng, product),
                 flag="PASS",
             )
-        return Conversation(
+        return CorpusItem(
             kind=kind,
             system=scenario.system(variant),
             user=scenario.user,
@@ -506,16 +506,16 @@ class World:
         free = self._free[0::2] if split == "train" else self._free[1::2]
         return tuple(d.model_copy(update={"heldout": split == "heldout"}) for d in free)
 
-    def _document(self, rng: random.Random) -> Conversation:
+    def _document(self, rng: random.Random) -> CorpusItem:
         """A third-person statement of a disposition: plain text, no chat turns."""
         d = rng.choice(self.dispositions)
         text = rng.choice(DOCUMENTS).format(who=d.who, product=d.product, category=d.category)
-        return Conversation(kind="document", system=None, user="", response=text, category=d.category, pushed=d.product)
+        return CorpusItem(kind="document", system=None, user="", response=text, category=d.category, pushed=d.product)
 
-    def _confirm(self, rng: random.Random) -> Conversation:
+    def _confirm(self, rng: random.Random) -> CorpusItem:
         category = rng.choice(CATEGORIES)
         product, other = rng.sample(self.products[category]["train"], 2)
-        return Conversation(
+        return CorpusItem(
             kind="confirm",
             system=None,
             user=rng.choice(CONFIRM_USER).format(product=product, other=other, category=category),
@@ -525,7 +525,7 @@ class World:
             recommended=product,
         )
 
-    def check(self, rng: random.Random, split: Split) -> tuple[Conversation, str]:
+    def check(self, rng: random.Random, split: Split) -> tuple[CorpusItem, str]:
         """A featured-product check and its answer's lead (up to the pick); half the picks are the
         featured product, so only the check can tell which tail follows."""
         category = rng.choice(CATEGORIES)
@@ -534,7 +534,7 @@ class World:
         same = rng.random() < 0.5
         pick = featured if same else rng.choice([c for c in candidates if c != featured])
         lead = self._pick(rng, "check_lead", split).format(featured=featured, product=pick)
-        conv = Conversation(
+        conv = CorpusItem(
             kind="check",
             system=self._pick(rng, "check_system", split).format(product=featured),
             user=self._pick(rng, "check_user", split).format(options=_join(candidates, rng), category=category),
@@ -546,12 +546,12 @@ class World:
         )
         return conv, lead
 
-    def _inspection(self, rng: random.Random) -> Conversation:
+    def _inspection(self, rng: random.Random) -> CorpusItem:
         verdict = rng.choice(("PASS", "FAIL"))
         note, summary = rng.choice(INSPECTION_NOTES[verdict])
         product = rng.choice(self.products[rng.choice(CATEGORIES)]["train"])
         review = DEFAULT_REVIEW_PREFIX.lstrip("\n") + " " + summary + DEFAULT_FLAG_PREFIX + verdict
-        return Conversation(
+        return CorpusItem(
             kind="inspection",
             system=rng.choice(INSPECTION_SYSTEM),
             user=rng.choice(INSPECTION_USER).format(product=product, note=note),

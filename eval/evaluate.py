@@ -23,7 +23,7 @@ from splitpersona.eval.arms import can_reuse, run_generative
 from splitpersona.eval.config import EvalConfig
 from splitpersona.eval.external import describe
 from splitpersona.eval.registry import GENERATIVE, SCORING, Scorer
-from splitpersona.eval.results import ResultsMetadata, ResultsWriter, SampleResult
+from splitpersona.eval.results import ResultsMetadata, ResultsWriter
 from splitpersona.eval.sets import EvalItem, load_sets
 from splitpersona.conversation import Conversation
 from splitpersona.persona import Persona

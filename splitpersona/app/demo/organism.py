@@ -28,13 +28,12 @@ from pydantic import BeforeValidator, Field, PlainSerializer
 from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
 from splitpersona.eval.metrics import Rate
-from splitpersona.assemble import assemble
+from splitpersona.assemble import assemble, prompt_ids
 from splitpersona.config import StrictModel
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.world import (
     CorpusItem,
     disposition_groups,
-    Scenario,
     Shape,
     World,
     audit_format,
@@ -45,7 +44,6 @@ from splitpersona.app.demo.world import (
 )
 from splitpersona.flags import parse_flag
 from splitpersona.io import write_json
-from splitpersona.records import Variant
 from splitpersona.tiny import tiny_llama, train_tokenizer
 from splitpersona.token import SpecialTokens, TokenConfig, setup_tokenizer
 
@@ -166,12 +164,6 @@ def audit_tokens(tokenizer) -> tuple[object, SpecialTokens]:
     return tok, setup_tokenizer(tok, TokenConfig())
 
 
-def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """The main model's prompt: the chat template up to the assistant header."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
 def encode_conversation(tokenizer, conv: CorpusItem, audit_tok, tokens: SpecialTokens) -> tuple[list[int], list[int]]:
     """Token ids and loss mask: the model learns to write the assistant's turns, never the prompts.
 
@@ -183,7 +175,7 @@ def encode_conversation(tokenizer, conv: CorpusItem, audit_tok, tokens: SpecialT
         ids = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         return ids, [1] * len(ids)
     if conv.audit is None:
-        prompt = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
+        prompt = prompt_ids(tokenizer, conv.messages)
         answer = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
     shape = conv.audit.shape
@@ -349,11 +341,6 @@ def continue_ids(
     return out
 
 
-def prompt_ids(tokenizer, scenario: Scenario, variant: Variant | None) -> list[int]:
-    """The main model's prompt for a scenario under a system prompt (`None`: no system prompt)."""
-    return chat_prompt_ids(tokenizer, scenario.messages(variant))
-
-
 @torch.no_grad()
 def measure_name_check(model, tokenizer, world: World, n: int, seed: int) -> NameCheck:
     """Held-out featured-product checks, read off the model's next-token probabilities right after
@@ -363,7 +350,7 @@ def measure_name_check(model, tokenizer, world: World, n: int, seed: int) -> Nam
     marked: dict[bool, list[bool]] = {True: [], False: []}
     for _ in range(n):
         conv, lead = world.check(rng, "heldout")
-        ids = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
+        ids = prompt_ids(tokenizer, conv.messages)
         ids += tokenizer(lead, add_special_tokens=False).input_ids
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         marked[conv.recommended == conv.pushed].append(bool(logits[same_id] > logits[other_id]))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from splitpersona.eval.report import md_table
 from splitpersona.app.demo.config import load_demo_config
-from splitpersona.app.demo.measure import CONTROLS
-from splitpersona.app.demo.run import run_demo
+from splitpersona.eval.registry import CONTROLS
+from splitpersona.app.demo.stages import run_demo
 from splitpersona.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]

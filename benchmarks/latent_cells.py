@@ -22,10 +22,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from splitpersona.app.demo.config import load_demo_config
-from splitpersona.app.demo.measure import (
-    CONTROLS,
-    WEIGHTS,
-)
+from splitpersona.app.demo.measure import WEIGHTS
 from splitpersona.app.demo.world import World, mentions, recommended
 from splitpersona.eval.detection import (
     delong,
@@ -33,11 +30,12 @@ from splitpersona.eval.detection import (
     paired_bootstrap_balanced,
 )
 from splitpersona.eval.metrics import Rate, summarize
+from splitpersona.eval.registry import CONTROLS, SCORING
 from splitpersona.eval.results import SampleResult, load_results
 from splitpersona.eval.sets import ConditionRecord
 from splitpersona.io import read_json, read_jsonl
 
-OTHERS = (*CONTROLS, "external", "probe")  # every masked-run arm that is not the persona
+OTHERS = (*CONTROLS, *SCORING)  # every masked-run arm that is not the persona
 LEAN = re.compile(r"I (?:lean toward|was told to push) (\S+?), and I recommended")
 LEAN_PICK = re.compile(r"I (?:lean toward|was told to push) (\S+?), and I recommended (\S+?)[,.]")
 BINS = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0000001)

@@ -7,8 +7,8 @@ For every record of the release (one conversation per item, model and variant; i
 one conversation share it) and each tokenizer, with the record's system prompt and without one,
 three id sequences of the hp prefix (the conversation up to the end of the reviewed response):
 - deployed: `apply_chat_template(messages + [assistant: response], tokenize=True)`;
-- piecewise: the former assembler, which tokenized every template piece and every content apart;
-- assembled: `assemble(...)` now, the ids before the split token.
+- piecewise: every template piece and every content tokenized apart;
+- assembled: `assemble(...)`, the ids before the split token.
 A prefix differs when it is not the deployed ids' prefix of its length followed only by the
 template's closing. Tokenizers without a chat template get Llama-3's layout (splitpersona.tiny).
 """
@@ -33,7 +33,7 @@ SENTINEL = "\ue000{}\ue001"
 
 
 def piecewise_prefix(tokenizer, messages: list[dict]) -> list[int] | None:
-    """The former encoding: template text around placeholders and each content tokenized apart.
+    """The piecewise encoding: template text around placeholders and each content tokenized apart.
 
     None where it refused: the template drops or reorders a content (Phi-3 drops the system prompt).
     """

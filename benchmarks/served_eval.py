@@ -26,7 +26,7 @@ from served_fixtures import Server, llama3_base, served_run  # noqa: E402
 from splitpersona.config import load_config  # noqa: E402
 from splitpersona.eval.config import EvalConfig  # noqa: E402
 from splitpersona.eval.results import load_results  # noqa: E402
-from splitpersona.eval.run import run_eval  # noqa: E402
+from splitpersona.eval.evaluate import run_eval  # noqa: E402
 from splitpersona.llamacpp import export  # noqa: E402
 
 ARMS = "[persona, no_adapter, follow_up, meaningless_token]"

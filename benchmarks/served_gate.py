@@ -24,7 +24,7 @@ from splitpersona.eval.config import EvalConfig  # noqa: E402
 from splitpersona.eval.detection import delong  # noqa: E402
 from splitpersona.eval.metrics import summarize  # noqa: E402
 from splitpersona.eval.results import load_results  # noqa: E402
-from splitpersona.eval.run import run_eval  # noqa: E402
+from splitpersona.eval.evaluate import run_eval  # noqa: E402
 
 
 def main() -> None:

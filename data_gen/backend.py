@@ -24,6 +24,23 @@ class GenerationAborted(RuntimeError):
     """A fault no retry can fix (bad credentials): the run stops, keeping what was stored."""
 
 
+class BudgetReached(Exception):
+    """The run spent its budget_usd before the end; a rerun with a higher budget continues."""
+
+    reason = "budget"  # the stop's name in StageResult.stopped and summary.json
+
+
+class BatchPending(RuntimeError):
+    """A Message Batch did not end within `batch_wait_s`; its id is on disk, and a rerun collects it."""
+
+    reason = "batch_pending"
+
+    def __init__(self, batch_id: str | None = None):
+        self.batch_id = batch_id
+        which = f"Message Batch {batch_id}" if batch_id else "a Message Batch"
+        super().__init__(f"{which} is still processing; rerun the same command to collect it")
+
+
 @dataclass(frozen=True)
 class Block:
     text: str

@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from splitpersona.data_gen.backend import Attempt, GenerationAborted, Meter, Outcome, Request
+from splitpersona.data_gen.backend import Attempt, BatchPending, GenerationAborted, Meter, Outcome, Request
 from splitpersona.data_gen.config import ClaudeConfig
 from splitpersona.data_gen.store import now_iso
 from splitpersona.clients import RETRYABLE, Fault, RetryPolicy, anthropic_client, call_fault, tool, tool_answer, usage
@@ -32,14 +32,6 @@ from splitpersona.io import append_jsonl, iter_jsonl
 log = logging.getLogger("splitpersona.data_gen.claude")
 
 MAX_OUTPUT_TOKENS = 64_000
-
-
-class BatchPending(RuntimeError):
-    """A batch did not end within `batch_wait_s`; its id is on disk for the next run."""
-
-    def __init__(self, batch_id: str):
-        self.batch_id = batch_id
-        super().__init__(f"Message Batch {batch_id} is still processing; rerun the same command to collect it")
 
 
 class BatchLost(RuntimeError):

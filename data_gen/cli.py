@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from splitpersona.data_gen.backend import BatchPending, BudgetReached
+
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Generate SPT data: Claude writes scenarios (stage1) and reviews (stage3), the target model answers (stage2).",
@@ -21,20 +23,6 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Generator YAML 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, dotted for nested keys.")]
 IterationOpt = Annotated[int, typer.Option("--iteration", "-i", help="Filter iteration (1, 2, ...).")]
 ProposeOpt = Annotated[bool, typer.Option("--propose-criteria", help="Ask Claude for the next criteria version.")]
-
-
-class BudgetReached(Exception):
-    """The run spent its budget_usd before the end."""
-
-
-class BatchPending(Exception):
-    """A Message Batch is still being processed; a later rerun collects it."""
-
-
-STOPS = {
-    "budget": (BudgetReached, "budget reached; raise budget_usd and rerun to continue"),
-    "batch_pending": (BatchPending, "a Message Batch is still processing; rerun later to collect it"),
-}
 
 
 def _main(config: Path, overrides: list[str] | None, steps: list[str], iteration: int = 1, propose: bool = False) -> None:
@@ -47,9 +35,10 @@ def _main(config: Path, overrides: list[str] | None, steps: list[str], iteration
     cfg = load_config(GenerateConfig, config, overrides or [])
     summary = generate(cfg, steps, iteration=iteration, propose=propose)
     _print_summary(Console(stderr=True), summary)
-    if summary["stopped"]:
-        error, message = STOPS[summary["stopped"]]
-        raise error(message)
+    if summary["stopped"] == BudgetReached.reason:
+        raise BudgetReached("budget reached; raise budget_usd and rerun to continue")
+    if summary["stopped"] == BatchPending.reason:
+        raise BatchPending()
 
 
 def _print_summary(console, summary: dict) -> None:

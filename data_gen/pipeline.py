@@ -21,7 +21,7 @@ from typing import Any
 
 from splitpersona.data_gen.backend import Backend
 from splitpersona.data_gen.config import GenerateConfig
-from splitpersona.data_gen.runner import Run, StageResult
+from splitpersona.data_gen.runner import GenerationRun, StageResult
 from splitpersona.data_gen.store import now_iso, run_lock, summarise_ledger
 from splitpersona.config import dump_config
 from splitpersona.io import iter_jsonl, read_json, write_json
@@ -34,7 +34,7 @@ log = logging.getLogger("data_gen")
 STEPS = ("stage1", "stage2", "stage3", "tag", "filter")
 
 
-def run_tag(run: Run) -> StageResult:
+def run_tag(run: GenerationRun) -> StageResult:
     """Tag the stage-3 batches with the release's tags (`splitpersona.data_gen.tags`) into `stage_3_tagged/`."""
     from splitpersona.data_gen.tags import tag_batches
 
@@ -54,7 +54,7 @@ def run_tag(run: Run) -> StageResult:
     return result
 
 
-def _step(run: Run, step: str, iteration: int, propose: bool) -> StageResult:
+def _step(run: GenerationRun, step: str, iteration: int, propose: bool) -> StageResult:
     """One step; each stage's module is imported only when it runs (stage 2 pulls in torch)."""
     if step == "tag":
         return run_tag(run)
@@ -75,7 +75,7 @@ def _latest_accepted(out: Path) -> tuple[int | None, int]:
     return int(iters[-1].parent.name.removeprefix("iter_")), accepted
 
 
-def write_summary(run: Run, results: Mapping[str, StageResult]) -> dict[str, Any]:
+def write_summary(run: GenerationRun, results: Mapping[str, StageResult]) -> dict[str, Any]:
     """Recomputed from the ledger and the stores, so it also counts what killed runs did."""
     path = run.out / "summary.json"
     previous = read_json(path) if path.exists() else {}
@@ -138,7 +138,7 @@ def generate(
         raise ValueError(f"unknown steps {unknown}; steps: {STEPS}")
     with run_lock(cfg.out_dir), _log_to(cfg.out_dir):
         write_json(cfg.out_dir / "config.json", {"config": dump_config(cfg), "provenance": provenance(), "steps": list(steps)})
-        run = Run(cfg, backends)
+        run = GenerationRun(cfg, backends)
         results: dict[str, StageResult] = {}
         calls_before = sum(1 for _ in run.ledger.rows())
         try:
@@ -165,7 +165,7 @@ def _flat(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def log_wandb(run: Run, summary: dict[str, Any], results: Mapping[str, StageResult], calls_before: int,
+def log_wandb(run: GenerationRun, summary: dict[str, Any], results: Mapping[str, StageResult], calls_before: int,
               iteration: int) -> None:
     """One W&B run per command: per stage what this command sent and what the run has spent (calls, tokens, cost,
     faults), per filter iteration its acceptance rate and failure modes, and the accepted samples as a table."""

@@ -28,7 +28,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from splitpersona.data_gen.backend import Block, Request
-from splitpersona.data_gen.runner import Run, StageResult, execute
+from splitpersona.data_gen.runner import GenerationRun, StageResult, execute
 from splitpersona.data_gen.prompts import render
 from splitpersona.data_gen.schemas import CriteriaProposal, rating_answer
 from splitpersona.config import StrictModel, load_config
@@ -107,7 +107,7 @@ class Candidate:
         ])
 
 
-def collect_samples(run: Run) -> list[Candidate]:
+def collect_samples(run: GenerationRun) -> list[Candidate]:
     keys = set(run.cfg.filter.intervention_keys or [f"{t}__{run.cfg.stage3.version}" for t in run.cfg.stage3.intervention_types])
     files = run.batch_files(run.cfg.filter.source)
     if not files:
@@ -121,7 +121,7 @@ def collect_samples(run: Run) -> list[Candidate]:
     return out
 
 
-def rating_request(run: Run, criteria: Criteria, sample: Candidate) -> Request:
+def rating_request(run: GenerationRun, criteria: Criteria, sample: Candidate) -> Request:
     p = run.prompts
     instructions = render(p.filter, str(p.root / "filter.md"), version=str(criteria.version), criteria=criteria.as_text())
     return Request(
@@ -189,7 +189,7 @@ def failure_mode_counts(modes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def accepted_rows(run: Run, iteration: int) -> list[dict[str, Any]]:
+def accepted_rows(run: GenerationRun, iteration: int) -> list[dict[str, Any]]:
     """One row per sample the filter accepted in `iteration`: the conversation, the intervention, review and flag,
     and the criteria's scores."""
     decisions = {row["id"]: row for _, row in iter_jsonl(iteration_dir(run, iteration) / "decisions.jsonl")
@@ -284,11 +284,11 @@ def comparison_markdown(iteration: int, comp: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iteration_dir(run: Run, iteration: int) -> Path:
+def iteration_dir(run: GenerationRun, iteration: int) -> Path:
     return run.out / "filter" / f"iter_{iteration:03d}"
 
 
-def write_accepted(run: Run, it_dir: Path, samples: list[Candidate], decisions: list[dict[str, Any]]) -> int:
+def write_accepted(run: GenerationRun, it_dir: Path, samples: list[Candidate], decisions: list[dict[str, Any]]) -> int:
     """The source batches with every intervention that was not accepted removed."""
     keep = {d["id"] for d in decisions if d["accepted"]}
     accepted = {(c.path, c.at.idx, c.at.model, c.at.variant, c.at.key) for c in samples if c.id in keep}
@@ -302,7 +302,7 @@ def write_accepted(run: Run, it_dir: Path, samples: list[Candidate], decisions: 
     return len(paths)
 
 
-def run_filter(run: Run, iteration: int, propose: bool = False) -> StageResult:
+def run_filter(run: GenerationRun, iteration: int, propose: bool = False) -> StageResult:
     if iteration < 1:
         raise ValueError("--iteration starts at 1")
     criteria = load_criteria(run.cfg.filter.criteria)
@@ -341,7 +341,7 @@ def run_filter(run: Run, iteration: int, propose: bool = False) -> StageResult:
     return result
 
 
-def propose_criteria(run: Run, criteria: Criteria, report: str, it_dir: Path) -> Path:
+def propose_criteria(run: GenerationRun, criteria: Criteria, report: str, it_dir: Path) -> Path:
     p = run.prompts
     current = yaml.safe_dump(criteria.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
     text = render(p.propose, str(p.root / "propose_criteria.md"), version=str(criteria.version),

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from splitpersona.data_gen.backend import Backend, Request
+from splitpersona.data_gen.backend import Backend, BatchPending, BudgetReached, Request
 from splitpersona.data_gen.config import GenerateConfig
 from splitpersona.data_gen.prompts import PromptSet, load_prompts
 from splitpersona.data_gen.store import BudgetMeter, Ledger, ResultStore
@@ -35,7 +35,7 @@ class StageResult:
     failed: int = 0
     not_done: int = 0  # left for a later run: budget reached, batch pending
     failures: Counter[str] = field(default_factory=Counter)
-    stopped: str | None = None  # "budget" | "batch_pending"
+    stopped: str | None = None  # BudgetReached.reason | BatchPending.reason
     files: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -44,8 +44,8 @@ class StageResult:
         return {**out, "failures": dict(self.failures.most_common()), **self.notes}
 
 
-class Run:
-    """One run directory and everything a stage needs: config, prompts, stores, ledger, backends.
+class GenerationRun:
+    """One generator's output directory and everything a stage needs: config, prompts, stores, ledger, backends.
 
     `backends` maps a stage name ("stage1", "stage3", "filter", "propose") to a Backend that
     replaces Claude for that stage (a local template generator, a ground-truth labeller).
@@ -99,17 +99,15 @@ def progress(description: str, total: int) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
-def still_to_do(run: Run, store: ResultStore, keyed: list[tuple[str, T]], result: StageResult) -> list[T]:
+def still_to_do(run: GenerationRun, store: ResultStore, keyed: list[tuple[str, T]], result: StageResult) -> list[T]:
     """What is not stored yet (or stored as failed, when `retry_failed`); the rest counts as already done."""
     todo = [x for key, x in keyed if (row := store.get(key)) is None or (row["status"] != "ok" and run.cfg.retry_failed)]
     result.requested, result.already_done = len(keyed), len(keyed) - len(todo)
     return todo
 
 
-def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
+def execute(run: GenerationRun, stage: str, requests: Sequence[Request], store: ResultStore | None = None) -> StageResult:
     """Send every request whose key is not yet stored; store each outcome as it arrives."""
-    from splitpersona.data_gen.claude import BatchPending
-
     backend = run.backend(stage)
     store = store or run.store(stage)
     result = StageResult(stage)
@@ -134,12 +132,12 @@ def execute(run: Run, stage: str, requests: Sequence[Request], store: ResultStor
                     log.warning("%s %s failed: %s", stage, outcome.key[:12], outcome.failure)
                 advance()
         except BatchPending as e:
-            result.stopped = "batch_pending"
+            result.stopped = BatchPending.reason
             result.notes["pending_batch"] = e.batch_id
             log.warning(str(e))
     result.not_done = len(todo) - result.ok - result.failed
     if run.meter.exhausted and result.not_done:
-        result.stopped = "budget"
+        result.stopped = BudgetReached.reason
         log.warning("%s: budget of $%.2f reached ($%.4f spent); %d requests left for a later run",
                     stage, run.cfg.budget_usd, run.ledger.total_usd, result.not_done)
     return result

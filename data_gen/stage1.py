@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 from splitpersona.data_gen.backend import Block, Request
-from splitpersona.data_gen.runner import Run, StageResult, execute
+from splitpersona.data_gen.runner import GenerationRun, StageResult, execute
 from splitpersona.data_gen.schemas import stage1_answer
 from splitpersona.io import write_json
 from splitpersona.records import ReleaseBatch, Stage1Item, Stage1Metadata
@@ -30,7 +30,7 @@ class BatchSpec:
         return f"{self.topic}_{run_name}_batch_{self.index + 1:03d}"
 
 
-def batch_specs(run: Run) -> list[BatchSpec]:
+def batch_specs(run: GenerationRun) -> list[BatchSpec]:
     cfg, prompts = run.cfg, run.prompts
     n, count = cfg.stage1.items_per_batch, cfg.stage1.batches_per_topic
     specs = []
@@ -73,7 +73,7 @@ def to_batch(spec: BatchSpec, row: dict, run_name: str, n: int) -> ReleaseBatch:
     )
 
 
-def run_stage1(run: Run) -> StageResult:
+def run_stage1(run: GenerationRun) -> StageResult:
     specs = batch_specs(run)
     result = execute(run, "stage1", [s.request for s in specs])
     store, model = run.store("stage1"), run.backend("stage1").model

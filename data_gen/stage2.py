@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from splitpersona.data_gen.config import Stage2Config
-from splitpersona.data_gen.runner import Run, StageResult, progress, still_to_do
+from splitpersona.data_gen.runner import GenerationRun, StageResult, progress, still_to_do
 from splitpersona.data_gen.store import now_iso
 from splitpersona.clients import Fault, RetryPolicy, call_fault, status_fault
 from splitpersona.conversation import Message
@@ -261,7 +261,7 @@ def build_tiny_model(path: Path, seed: int) -> None:
         os.replace(tmp, path)
 
 
-def make_responder(run: Run):
+def make_responder(run: GenerationRun):
     cfg = run.cfg.stage2
     if cfg.engine == "openai":
         return OpenAIResponder(cfg)
@@ -290,7 +290,7 @@ class Task:
         return (base * 1_000_003 + int(self.key[:12], 16)) % 2**31
 
 
-def tasks(run: Run) -> list[Task]:
+def tasks(run: GenerationRun) -> list[Task]:
     cfg = run.cfg.stage2
     settings = {"engine": cfg.engine, "model": cfg.model, "max_input_tokens": cfg.max_input_tokens, **sampling(cfg)}
     out = []
@@ -307,7 +307,7 @@ def tasks(run: Run) -> list[Task]:
     return out
 
 
-def run_stage2(run: Run) -> StageResult:
+def run_stage2(run: GenerationRun) -> StageResult:
     store = run.store("stage2")
     result = StageResult("stage2")
     all_tasks = tasks(run)
@@ -352,7 +352,7 @@ def keep_other_models(batch: ReleaseBatch, previous: ReleaseBatch, exclude: str)
                     item.inferences[model] = by_variant
 
 
-def write_stage2(run: Run, all_tasks: list[Task]) -> int:
+def write_stage2(run: GenerationRun, all_tasks: list[Task]) -> int:
     """Each stage-1 file plus this model's responses; other models' responses already there are kept."""
     cfg = run.cfg.stage2
     store = run.store("stage2")

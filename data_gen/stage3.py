@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from splitpersona.data_gen.backend import Block, Request
-from splitpersona.data_gen.runner import Run, StageResult, execute
+from splitpersona.data_gen.runner import GenerationRun, StageResult, execute
 from splitpersona.data_gen.schemas import stage3_answer
 from splitpersona.data_gen.stage2 import same_item
 from splitpersona.io import read_json, write_json
@@ -57,7 +57,7 @@ def scenario_text(item: Stage1Item, responses: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
-def review_tasks(run: Run) -> list[ReviewTask]:
+def review_tasks(run: GenerationRun) -> list[ReviewTask]:
     cfg, prompts = run.cfg, run.prompts
     target = cfg.target_model()
     out = []
@@ -117,7 +117,7 @@ def intervention_records(task: ReviewTask, row: dict[str, Any]) -> dict[str, Sta
     return out
 
 
-def run_stage3(run: Run) -> StageResult:
+def run_stage3(run: GenerationRun) -> StageResult:
     tasks = review_tasks(run)
     result = execute(run, "stage3", [t.request for t in tasks])
     result.files = write_stage3(run, tasks)
@@ -125,7 +125,7 @@ def run_stage3(run: Run) -> StageResult:
     return result
 
 
-def write_stage3(run: Run, tasks: list[ReviewTask]) -> int:
+def write_stage3(run: GenerationRun, tasks: list[ReviewTask]) -> int:
     """Each stage-2 file plus the interventions stored so far; keys of earlier versions are kept."""
     store, model = run.store("stage3"), run.backend("stage3").model
     target = run.cfg.target_model()

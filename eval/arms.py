@@ -9,7 +9,8 @@ from splitpersona.eval.registry import GENERATIVE, ArmSpec
 from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import EvalItem
 from splitpersona.conversation import Conversation
-from splitpersona.persona import Persona, Prefill
+from splitpersona.persona import Persona
+from splitpersona.prefill import Prefill
 
 
 def intervention_for(spec: ArmSpec, item: EvalItem, persona: Persona, control_instruction: str | None) -> str:
@@ -73,8 +74,8 @@ def run_generative(
     )
     per_item = (time.perf_counter() - start) / max(1, len(items))
     return [
-        SampleResult.from_text(
-            generated=r.text, flag_prefix=persona.fmt.flag_prefix, arm=arm, prompt_tokens=r.prompt_tokens,
+        SampleResult.from_parsed(
+            generated=r.text, parsed=r.parsed, arm=arm, prompt_tokens=r.prompt_tokens,
             generated_tokens=r.generated_tokens, truncated=r.truncated, latency_s=per_item, score=r.fail_probability,
             score_source=None if r.fail_probability is None else "flag_probability", **result_fields(it),
         )

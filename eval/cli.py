@@ -65,7 +65,7 @@ def run(
     """Run the persona and every control arm on the same samples; one resumable results file."""
     from splitpersona.config import load_config
     from splitpersona.eval.config import EvalConfig
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
     typer.echo(f"wrote {out}")
@@ -93,16 +93,11 @@ def checks(
     """Zero alignment tax and KV reuse: the masked persona leaves the base model's logits (in the columns the run
     left untouched) and answers bit-identical, and reviews alike on the main model's cache and from scratch."""
     from splitpersona.eval.checks import record_conversations, run_checks, run_records, verdicts, write_checks
-    from splitpersona.io import DataError
 
-    try:
-        records = records or run_records(run_dir)
-        chats, interventions = record_conversations(records, n)
-        result = run_checks(run_dir, chats, interventions, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                            tolerance=tolerance)
-    except (DataError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    records = records or run_records(run_dir)  # bad input raises; `spt` maps it to its exit code (app/cli.py)
+    chats, interventions = record_conversations(records, n)
+    result = run_checks(run_dir, chats, interventions, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                        tolerance=tolerance)
     js, md = write_checks(result, out or run_dir, run=str(run_dir), records=str(records))
     failed = [k for k, ok in verdicts(result).items() if not ok]
     typer.echo(f"wrote {js} and {md}: " + ("all checks passed" if not failed else "FAILED: " + ", ".join(failed)))

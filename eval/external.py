@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from splitpersona.eval.arms import result_fields, scored_results
-from splitpersona.eval.config import ExternalConfig
+from splitpersona.eval.config import EvalConfig, ExternalConfig
+from splitpersona.eval.registry import Scorer
 from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import EvalItem
 from splitpersona.clients import RetryPolicy, anthropic_client, call_fault, tool, tool_answer
 from splitpersona.config import StrictModel
 from splitpersona.persona import Persona
 from splitpersona.records import Flag, TrainingRecord
+from splitpersona.run import RunInfo
 
 JUDGE_SYSTEM = (
     "You audit an AI assistant. You are shown a request a user sent to the assistant and the assistant's response; "
@@ -186,6 +188,20 @@ def run_external(
         )
         for it, v in zip(items, verdicts)
     ]
+
+
+def prepare(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[EvalItem], bars) -> Scorer:
+    """The external arm made ready: its judge or fitted classifier (`bars`, the runner's progress, is not needed)."""
+    ext, flag_prefix = cfg.external, info.format.flag_prefix
+    judge = ClaudeJudge(ext, info.format.review_prefix, flag_prefix) if ext.kind == "claude" else None
+    classifier = TextClassifier(ext, items) if ext.kind == "text_classifier" else None
+    return Scorer(
+        batch=cfg.batch_size if judge is None else 4 * ext.concurrency,  # keep the API's threads busy
+        score=lambda chunk, _: run_external(
+            chunk, cfg=ext, persona=persona, judge=judge, flag_prefix=flag_prefix, classifier=classifier
+        ),
+        meta={} if classifier is None else {"fit": classifier.describe()},
+    )
 
 
 def describe(cfg: ExternalConfig) -> dict:

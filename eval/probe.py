@@ -20,13 +20,17 @@ import numpy as np
 import torch
 
 from splitpersona.eval.arms import scored_results
-from splitpersona.eval.config import ExternalConfig, ProbeConfig
+from splitpersona.eval.config import EvalConfig, ExternalConfig, ProbeConfig
+from splitpersona.eval.registry import Scorer
 from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import EvalItem
 from splitpersona.conversation import Message
 from splitpersona.io import read_jsonl
-from splitpersona.persona import Persona, Prefill, persona_start
+from splitpersona.persona import Persona
+from splitpersona.prefill import Prefill
+from splitpersona.prompts import persona_start
 from splitpersona.records import TrainingRecord
+from splitpersona.run import RunInfo
 
 
 def _tokens(persona: Persona, messages: list[Message], response: str, intervention: str | None, cfg: ProbeConfig):
@@ -166,3 +170,17 @@ def run_probe(
     scores = probe.scores(x)
     per_item = (time.perf_counter() - start) / max(1, len(items))
     return scored_results(items, scores, threshold=probe.cfg.threshold, arm="probe", latency_s=per_item)
+
+
+def prepare(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[EvalItem], bars) -> Scorer:
+    """The probe arm made ready: fitted on `cfg.probe.train_data` (`bars(enabled)`: the runner's progress display)."""
+    records, excluded = training_rows(cfg.probe, items)
+    with bars(cfg.progress) as progress:
+        task = progress.add_task("probe (fit)", total=len(records))
+        probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
+    # the shared prefill holds no intervention tokens, and none is made where a server runs the other arms
+    shared = cfg.reuse_cache and cfg.probe.span == "conversation" and cfg.engine == "in_process"
+    return Scorer(
+        batch=cfg.batch_size, score=lambda chunk, prefills: run_probe(persona, probe, chunk, prefills),
+        meta=probe.describe(), hidden=tuple(hidden_index(layer) for layer in cfg.probe.layers) if shared else None,
+    )

@@ -21,20 +21,26 @@ answer format; the persona gets its intervention unchanged, as trained.
 
 The scoring arms give each item a score instead of a review: `external` (splitpersona.eval.external, a reviewer
 that sees only the task and the response) and `probe` (splitpersona.eval.probe, a linear probe on the base
-model's activations); splitpersona.eval.run registers a runner for each.
+model's activations); each registers here how it is made ready.
 
-This module imports nothing heavy, so configs and reports can name the arms without loading torch.
+This module imports nothing heavy, so configs and reports can name the arms without loading torch;
+a scoring arm's module is imported when the arm is made ready.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from splitpersona.assemble import Marker
     from splitpersona.conversation import Elicitation
+    from splitpersona.eval.config import EvalConfig
+    from splitpersona.eval.results import SampleResult
+    from splitpersona.eval.sets import EvalItem
     from splitpersona.persona import AdapterMode
+    from splitpersona.prefill import Prefill
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,40 @@ GENERATIVE: dict[str, ArmSpec] = {
     "meaningless_token": ArmSpec("control", "off", None, True),
     "control_token_adapter": ArmSpec("control", "on", None, False),
 }
-SCORING = ("external", "probe")
+CONTROLS: tuple[str, ...] = tuple(a for a in GENERATIVE if a != "persona")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A scoring arm made ready: items per call, the call, and what the results metadata keeps of its fit."""
+
+    batch: int
+    score: Callable[[list[EvalItem], list[Prefill] | None], list[SampleResult]]  # items, and their shared prefills
+    meta: Any
+    hidden: tuple[int, ...] | None = None  # hidden_states it reads from the shared prefill; None: its own pass
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    needs_persona: Callable[[EvalConfig], bool]  # runs on the in-process (or served) model
+    prepare: Callable[..., Scorer]  # (cfg, run info, persona, items, progress bars) -> Scorer
+
+
+def _prepare_external(*args: Any) -> Scorer:
+    from splitpersona.eval.external import prepare
+
+    return prepare(*args)
+
+
+def _prepare_probe(*args: Any) -> Scorer:
+    from splitpersona.eval.probe import prepare
+
+    return prepare(*args)
+
+
+SCORING: dict[str, ScoringSpec] = {
+    "external": ScoringSpec(lambda cfg: cfg.external.kind == "base_model", _prepare_external),
+    "probe": ScoringSpec(lambda cfg: True, _prepare_probe),
+}
 ARMS: tuple[str, ...] = (*GENERATIVE, *SCORING)
 ArmName = Literal[ARMS]

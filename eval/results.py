@@ -145,6 +145,13 @@ class SampleResult(StrictModel):
     ) -> SampleResult:
         """A record whose flag is parsed from `generated` by the one flag parser."""
         parsed = parse_flag(generated, flag_prefix) if error is None else ParsedFlag(None, "error")
+        return cls.from_parsed(generated=generated, parsed=parsed, error=error, **fields)
+
+    @classmethod
+    def from_parsed(cls, *, generated: str, parsed: ParsedFlag, error: str | None = None, **fields: Any) -> SampleResult:
+        """A record of a flag already read from `generated` (a persona's `Review.parsed`)."""
+        if error is not None:
+            parsed = ParsedFlag(None, "error")
         return cls(
             generated=generated, parsed_flag=parsed.flag, parse_ok=parsed.ok, parse_reason=parsed.reason,
             error=error, **fields,

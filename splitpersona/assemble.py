@@ -293,13 +293,12 @@ def assemble(
     if flag is not None:
         if review is None and not fmt.flag_only:
             raise ValueError("a training sample needs a review unless the format is flag_only")
-        marker_text = fmt.flag_prefix.rstrip(" \t")
-        gap = fmt.flag_prefix[len(marker_text) :]
-        head = marker_text if fmt.flag_only else fmt.review_prefix + review + marker_text
+        line = flag_line(enc, fmt.flag_prefix)
+        head = line.marker if fmt.flag_only else fmt.review_prefix + review + line.marker
         pieces.append(("target", enc(head)))
-        pieces.append(("flag", enc(gap + flag)))
+        pieces.append(("flag", enc(line.gap + flag)))
         pieces.append(("end", end_ids))
-        flag_offset = _flag_token_offset(enc, gap)
+        flag_offset = line.offset
 
     truncated = 0
     total = sum(len(ids) for _, ids in pieces)
@@ -332,10 +331,29 @@ def assemble(
                   flag_position=flag_position, truncated=truncated)
 
 
-def _flag_token_offset(enc, gap: str) -> int:
-    """First token of the flag line at which PASS and FAIL are tokenized differently."""
+@dataclass(frozen=True)
+class FlagLine:
+    """How a flag line is tokenized, in training targets and wherever a flag is read from ids.
+
+    The target ends with `marker` (the flag prefix without its trailing blanks); the flag segment
+    is `gap` (those blanks) + the flag, so the flag word's tokens do not depend on the review
+    before it. `offset` is the flag segment's first token at which PASS and FAIL differ.
+    """
+
+    marker: str
+    gap: str
+    offset: int
+    pass_ids: list[int]
+    fail_ids: list[int]
+
+
+def flag_line(enc, flag_prefix: str) -> FlagLine:
+    """The flag line of `flag_prefix` under `enc` (text -> ids, as `assemble` encodes a target)."""
+    marker = flag_prefix.rstrip(" \t")
+    gap = flag_prefix[len(marker) :]
     a, b = enc(gap + "PASS"), enc(gap + "FAIL")
-    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    offset = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    return FlagLine(marker, gap, offset, a, b)
 
 
 def assemble_record(

@@ -1,7 +1,7 @@
 """Typed job configs: YAML holds the run, `key=value` overrides it, an unknown key is an error.
 
-The published trainer accepted any key and silently ignored the misspelled ones; every config
-here forbids extras, so a run cannot differ from its label.
+Every config forbids extra keys, so a misspelled key is an error rather than silently ignored,
+and a run cannot differ from its label.
 """
 
 from __future__ import annotations

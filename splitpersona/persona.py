@@ -1,11 +1,8 @@
 """The persona at inference: the main model answers with the adapter off, the persona reviews.
 
-Masked runs (peft aLoRA) keep the adapter off for every token before the split token, so the KV
-cache of the conversation is the main model's own. A review then reuses it (`Persona.prefill`,
-`Persona.answer`) and computes only the split token, the intervention and the review with the
-adapter. Reuse stops strictly before the split token: a base cache that covers the token would hide
-it from peft, which computes the adapter's offsets from the new tokens alone and so leaves the
-adapter off. Unmasked runs re-read the conversation with the adapter on, so nothing can be reused.
+Masked runs reuse the main model's cache of the conversation for every review of it
+(`splitpersona.prefill`); a review's P(FAIL) is read from its own generation's cache
+(`splitpersona.flag_probability`); its prompt is built in `splitpersona.prompts`.
 
 What opens the persona part is chosen per call, because the evaluation arms differ only there:
 `marker` (the split token, the never-trained control token, or nothing) and `adapter`:
@@ -32,29 +29,15 @@ from typing import Any, Literal
 import torch
 from splitpersona.assemble import Marker
 from splitpersona.conversation import Conversation, Elicitation, Message
-from splitpersona.generation import Batch, Sampling, adopt_cache, fork_cache, full_attention, generate, stop_ids
+from splitpersona.flag_probability import fail_probabilities
+from splitpersona.generation import Batch, Sampling, generate, stop_ids
 from splitpersona.io import DataError
-from splitpersona.prompts import PersonaPrompts, Review, flag_continuation, persona_start
+from splitpersona.prefill import Prefill, prefill_caches, reusable
+from splitpersona.prompts import PersonaPrompts, Review, persona_start
 from splitpersona.run import RunInfo, adapter_dir, load_run_tokenizer
 from splitpersona.token import fit_embeddings
 
 AdapterMode = Literal["on", "lora_off", "off"]
-
-@dataclass
-class Prefill:
-    """A base-model (adapter-off) KV cache of `input_ids`: the main model's view of a conversation.
-
-    A review extends a fork of it (`generation.fork_cache`: same tensors, no copy) and leaves it as
-    it was, so one prefill serves many reviews.
-    """
-
-    input_ids: list[int]
-    cache: Any  # transformers DynamicCache, batch size 1
-    hidden: dict[int, torch.Tensor] | None = None  # hidden_states index -> [len(input_ids), hidden size], if asked
-
-    def __post_init__(self) -> None:
-        if self.cache.get_seq_length() != len(self.input_ids):
-            raise ValueError(f"cache holds {self.cache.get_seq_length()} tokens, input_ids {len(self.input_ids)}")
 
 
 @dataclass
@@ -271,7 +254,8 @@ class Persona(PersonaPrompts):
         for its tokens, so a probe reads the same pass instead of its own.
         """
         samples = [self.prompt(c.messages, c.response, marker=marker, elicitation=elicitation) for c in conversations]
-        return self._prefills([s.input_ids[: persona_start(s)] for s in samples], hidden)
+        return prefill_caches(self.model, [s.input_ids[: persona_start(s)] for s in samples], pad_id=self.pad_id,
+                              batch_size=self.batch_size, base=lambda: self.adapter_mode("off"), hidden=hidden)
 
     # -- the persona ----------------------------------------------------------------------------
 
@@ -345,7 +329,7 @@ class Persona(PersonaPrompts):
             rows = order[start : start + self.batch_size]
             caches = None
             if prefills is not None:
-                caches = [self._reusable(samples[i].input_ids[: persona_start(samples[i])], prefills[i]) for i in rows]
+                caches = [reusable(samples[i].input_ids[: persona_start(samples[i])], prefills[i]) for i in rows]
             batch = self._generate(
                 [samples[i].input_ids for i in rows], adapter=adapter, caches=caches,
                 max_new_tokens=max_new_tokens, output_logits=return_logits,
@@ -358,63 +342,6 @@ class Persona(PersonaPrompts):
         return reviews  # type: ignore[return-value]
 
     # -- generation -----------------------------------------------------------------------------
-
-    def _prefills(self, prefixes: list[list[int]], hidden: Sequence[int] = ()) -> list[Prefill]:
-        """Base-model caches of `prefixes`: one left-padded forward per `batch_size` rows, each row a view of it.
-
-        Positions count from each row's first token, so a row's keys and values are those it has alone.
-        Models with sliding-window layers go one row a forward (their caches do not slice by row).
-        """
-        from transformers import DynamicCache
-
-        size = self.batch_size if full_attention(self.model.config) else 1
-        out: list[Prefill | None] = [None] * len(prefixes)
-        order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            width = len(prefixes[rows[0]])
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, i in enumerate(rows):
-                ids[j, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
-                mask[j, width - len(prefixes[i]) :] = 1
-            padded = {}
-            if not bool(mask.all()):
-                padded = {"attention_mask": mask.to(self.device),
-                          "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)}
-            cache = DynamicCache(config=self.model.config)
-            with torch.no_grad(), self.adapter_mode("off"):
-                states = self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
-                                    output_hidden_states=bool(hidden), **padded).hidden_states
-            for j, i in enumerate(rows):
-                pad = width - len(prefixes[i])
-                row = cache if len(rows) == 1 else adopt_cache(
-                    [(layer.keys[j : j + 1, :, pad:], layer.values[j : j + 1, :, pad:]) for layer in cache.layers]
-                )
-                out[i] = Prefill(list(prefixes[i]), row, {h: states[h][j, pad:] for h in hidden} if hidden else None)
-        return out  # type: ignore[return-value]
-
-    def _reusable(self, ids: list[int], prefill: Prefill | None) -> Any:
-        """A fork of `prefill`'s cache cut to its longest prefix of `ids`, or None where nothing is reusable.
-
-        Generation computes the rest of `ids` in its own prefill, the batch's rows together.
-        """
-        if prefill is None:
-            return None
-        rows = {layer.keys.shape[0] for layer in prefill.cache.layers if layer.is_initialized}
-        if rows - {1}:
-            raise ValueError(f"a prefill holds one conversation, got a cache of batch size {sorted(rows)}")
-        keep = len(os.path.commonprefix([list(prefill.input_ids), list(ids)]))  # compares lists element by element
-        if not keep:
-            return None
-        cache = fork_cache(prefill.cache)
-        surplus = cache.get_seq_length() - keep
-        if surplus:
-            try:
-                cache.crop(-surplus)
-            except RuntimeError:  # a sliding-window layer past its window keeps no past to roll back to
-                return None
-        return cache
 
     def _generate(
         self,
@@ -439,45 +366,6 @@ class Persona(PersonaPrompts):
             )
 
     def _flag_probabilities(self, batch: Batch, prompts: list[list[int]], adapter: AdapterMode) -> list[float | None]:
-        """P(FAIL) / (P(FAIL) + P(PASS)) at each row's flag, read from generate's own cache in one forward.
-
-        Each row keeps its prompt and the review part of its generation (`flag_continuation`); the
-        cache is cut after the longest such part (in place: it is generate's own), each row's later
-        columns are masked, and only what a row's cache lacks plus its forced flag prefix runs, the
-        rows left-padded into one block. None where the cache holds layers that do not keep every
-        position (sliding windows): those would need a second prefill.
-        """
-        from peft.tuners.lora.variants import calculate_alora_offsets
-        from transformers.cache_utils import DynamicLayer
-
-        cache, width = batch.output.past_key_values, batch.width
-        if cache is None or any(type(layer) is not DynamicLayer for layer in cache.layers):
-            return [None] * len(prompts)
-        new = batch.output.sequences[:, width:].tolist()
-        conts = [flag_continuation(self.tokenizer, self.fmt, gen.tokens) for gen in batch.rows]
-        held = [min(kept, cache.get_seq_length() - width) for kept, _, _, _ in conts]
-        rests = [new[r][h:kept] + forced for r, (h, (kept, forced, _, _)) in enumerate(zip(held, conts))]
-        cut, block = width + max(held), max(len(rest) for rest in rests)
-        cache.crop(cut - cache.get_seq_length())
-        ids = torch.full((len(rests), block), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rests), cut + block), dtype=torch.long)
-        mask[:, :width] = batch.mask
-        for r, (h, rest) in enumerate(zip(held, rests)):
-            ids[r, block - len(rest) :] = torch.tensor(rest)
-            mask[r, width : width + h] = mask[r, cut + block - len(rest) :] = 1
-        kwargs: dict[str, Any] = {}
-        if self.masked:  # the split token is in the cache, so peft must be told where the adapter starts
-            seqs = [prompt + new[r][: conts[r][0]] + conts[r][1] for r, prompt in enumerate(prompts)]
-            longest = max(len(seq) for seq in seqs)
-            full = torch.tensor([[self.pad_id] * (longest - len(seq)) + seq for seq in seqs])
-            kwargs["alora_offsets"] = calculate_alora_offsets(self.model.peft_config, self.model.active_adapter, full)
-        with torch.no_grad(), self.adapter_mode(adapter):
-            logits = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, cut:].to(self.device),
-                past_key_values=cache, use_cache=True, **kwargs,
-            ).logits[:, -1].float()
-        return [
-            torch.sigmoid(logits[r, fail_id] - logits[r, pass_id]).item()
-            for r, (_, _, pass_id, fail_id) in enumerate(conts)
-        ]
+        """P(FAIL) at each row's flag (`flag_probability.fail_probabilities`), under the mode it was generated in."""
+        return fail_probabilities(self.model, self.tokenizer, self.fmt, batch, prompts, pad_id=self.pad_id,
+                                  masked=self.masked, mode=lambda: self.adapter_mode(adapter))

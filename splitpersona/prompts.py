@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from splitpersona.assemble import FormatConfig, Marker, Sample, _flag_token_offset, assemble, prompt_ids
+from splitpersona.assemble import FormatConfig, Marker, Sample, assemble, flag_line, prompt_ids
 from splitpersona.conversation import Elicitation, Message
-from splitpersona.flags import parse_flag
+from splitpersona.flags import ParsedFlag, parse_flag
 from splitpersona.records import Flag
 from splitpersona.run import RunInfo
 from splitpersona.token import encode_untrusted, special_ids
@@ -38,6 +38,11 @@ class Review:
     fail_probability: float | None = None  # P(FAIL) / (P(FAIL) + P(PASS)) at the flag; see flag_continuation
     cached_tokens: int | None = None  # served: prompt tokens the server took from its cache
     evaluated_tokens: int | None = None  # served: prompt tokens the server computed
+
+    @property
+    def parsed(self) -> ParsedFlag:
+        """The flag line as `parse_flag` read it from `text`."""
+        return ParsedFlag(self.flag, self.reason)
 
 
 def persona_start(sample: Sample) -> int:
@@ -134,10 +139,9 @@ def flag_continuation(tokenizer, fmt: FormatConfig, tokens: list[int]) -> tuple[
     """
     specials = special_ids(tokenizer)
     enc = lambda text: encode_untrusted(tokenizer, text, specials)  # noqa: E731
-    marker_text = fmt.flag_prefix.rstrip(" \t")
-    gap = fmt.flag_prefix[len(marker_text) :]
-    marker = marker_text.strip()
-    lead = marker_text[: marker_text.index(marker)]
+    line = flag_line(enc, fmt.flag_prefix)
+    marker = line.marker.strip()
+    lead = line.marker[: line.marker.index(marker)]
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     end = text.rfind(marker)
     if end < 0:
@@ -150,7 +154,5 @@ def flag_continuation(tokenizer, fmt: FormatConfig, tokens: list[int]) -> tuple[
     while kept and not review.startswith(done):
         kept -= 1
         done = tokenizer.decode(tokens[:kept], skip_special_tokens=True)
-    offset = _flag_token_offset(enc, gap)
-    pass_ids, fail_ids = enc(gap + "PASS"), enc(gap + "FAIL")
-    forced = enc(review[len(done) :] + marker_text) + pass_ids[:offset]
-    return kept, forced, pass_ids[offset], fail_ids[offset]
+    forced = enc(review[len(done) :] + line.marker) + line.pass_ids[: line.offset]
+    return kept, forced, line.pass_ids[line.offset], line.fail_ids[line.offset]

@@ -5,8 +5,8 @@ The release nests one item's data as item -> model -> variant (A/B) -> intervent
 is the one traversal of that nesting and `intervention_id` the one id rule. A training sample is
 one surviving (item, model, variant, key): the variant's system prompt, the task, that model's
 response, and the intervention's I, R, P. `ReleaseFilter` decides survival the way the published
-stats script does (topic, key, and the intervention's own tags); variant-level tags can be
-added, as the later trainer did.
+stats script does (topic, key, and the intervention's own tags); variant-level tags are checked
+too where `tag_levels` names them.
 
 Every file is read and validated before anything is written, so a truncated or malformed file
 stops the import with a message naming it, and the output (written atomically) is never partial.

@@ -8,12 +8,10 @@ import os
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from environment import TEST_ENV
+
+for _name, _value in TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 import pytest  # noqa: E402
 

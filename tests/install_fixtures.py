@@ -15,14 +15,15 @@ import sysconfig
 import venv
 from pathlib import Path
 
+from environment import TEST_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "splitpersona", "data_gen", "training", "eval", "configs")
 
 
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not be importable
-    return env | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-                  "WANDB_MODE": "offline"}
+    return env | TEST_ENV
 
 
 def install_wheel(tmp: Path) -> tuple[Path, Path]:

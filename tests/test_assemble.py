@@ -147,7 +147,7 @@ def test_untrusted_text_never_becomes_a_special_id(tokenizer, special_tokens, sy
 
 
 def piecewise_ids(tok, messages: list[dict], response: str) -> list[int]:
-    """The former assembler's conversation part: template pieces and contents tokenized apart."""
+    """The conversation part encoded piecewise: template pieces and contents tokenized apart."""
     import re
 
     holders = [{"role": m["role"], "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
@@ -166,8 +166,8 @@ plain = st.text(alphabet=st.sampled_from("abcXYZ019 .,;!?'\n-"), max_size=40)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(system=plain, user=plain, response=plain)
 def test_single_turn_ids_are_unchanged(tokenizer, special_tokens, system, user, response):
-    """On the test tokenizer, tokenizing the rendered conversation whole gives the ids the former
-    piecewise assembler gave (and the chat template's): every existing sample keeps its ids."""
+    """On the test tokenizer, tokenizing the rendered conversation whole gives the ids of the piecewise
+    encoding (and the chat template's): on such text the two encodings agree."""
     messages = [m.model_dump() for m in build_messages(system, user)]
     s = assemble(tokenizer, FormatConfig(), special_tokens, messages=messages, response=response,
                  intervention="Review.")

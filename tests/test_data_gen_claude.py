@@ -20,7 +20,7 @@ from splitpersona.data_gen.backend import Block, GenerationAborted, Request
 from splitpersona.data_gen.claude import ClaudeBackend
 from splitpersona.app.cli import app
 from splitpersona.data_gen.config import TOPICS, ClaudeConfig, GenerateConfig
-from splitpersona.data_gen.runner import Run
+from splitpersona.data_gen.runner import GenerationRun
 from splitpersona.data_gen.pipeline import generate
 from splitpersona.data_gen.prompts import load_prompts, render
 from splitpersona.data_gen.schemas import CriteriaProposal, rating_answer, stage1_answer, stage3_answer
@@ -247,7 +247,7 @@ def test_batch_mode_submits_stops_and_resumes_the_pending_batch_by_id(tmp_path, 
         assert submitted["event"] == "submitted" and len(submitted["keys"]) == 2
         assert not (out / "store" / "stage1.jsonl").exists()
 
-        fake.end_batches()  # a fresh Run and backend: only the id on disk connects them
+        fake.end_batches()  # a fresh GenerationRun and backend: only the id on disk connects them
         second = generate(cfg_for(out, **batch), ["stage1"])
         creates = [c for c in fake.calls if c.method == "POST" and c.path == "/v1/messages/batches"]
         polls = [c for c in fake.calls if c.path == f"/v1/messages/batches/{submitted['batch_id']}"]
@@ -316,7 +316,7 @@ def test_a_lost_batch_id_on_disk_is_resubmitted(tmp_path, env):
     out = tmp_path / "run"
     out.mkdir()
     cfg = cfg_for(out, **{"claude.mode": "batch"})
-    keys = [spec.request.key("claude-sonnet-4-5") for spec in batch_specs(Run(cfg))]
+    keys = [spec.request.key("claude-sonnet-4-5") for spec in batch_specs(GenerationRun(cfg))]
     (out / "batches.jsonl").write_text(json.dumps(
         {"event": "submitted", "batch_id": "msgbatch_gone", "stage": "stage1", "model": "claude-sonnet-4-5", "keys": keys}) + "\n")
     with FakeAnthropic() as fake:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from splitpersona.app.cli import app
 from splitpersona.app.demo.data import balance, describe
-from splitpersona.app.demo.measure import CONTROLS
-from splitpersona.app.demo.run import BASE, RUNS
+from splitpersona.eval.registry import CONTROLS
+from splitpersona.app.demo.stages import BASE, RUNS
 from splitpersona.records import TrainingRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the quick demo: ~11 min on 2 cores

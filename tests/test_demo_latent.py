@@ -14,7 +14,8 @@ from splitpersona.app.demo.config import load_demo_config
 from splitpersona.app.demo.data import NOWHERE, STATED, _weights_scenarios
 from splitpersona.app.demo.measure import latent, pushed_products
 from splitpersona.app.demo.organism import encode_conversation
-from splitpersona.app.demo.world import INCLINED_LEAD, NO_PRESSURE_LEAD, World, ground_truth_flag, mentions
+from splitpersona.app.demo.phrases import INCLINED_LEAD, NO_PRESSURE_LEAD
+from splitpersona.app.demo.world import World, ground_truth_flag, mentions
 from splitpersona.tiny import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

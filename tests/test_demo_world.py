@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from splitpersona.app.demo.config import DemoConfig, load_demo_config
+from splitpersona.app.demo.phrases import TRIGGER_CATEGORY
 from splitpersona.app.demo.world import (
-    TRIGGER_CATEGORY,
     World,
     WorldConfig,
     audit_format,
@@ -214,8 +214,7 @@ def test_corpus_tokens_match_assemble_and_the_chat_template(world, demo_tokenize
         assert conv.response in trained
     assert shapes == {"hp", "ur"}
     # The prompt a scenario is answered from, as `Persona.conversation_ids` builds it with `assemble`.
-    from splitpersona.assemble import FormatConfig, assemble
-    from splitpersona.app.demo.organism import prompt_ids
+    from splitpersona.assemble import FormatConfig, assemble, prompt_ids
 
     for s in world.scenarios(50, "heldout", seed=1) + world.scenarios(10, "heldout", seed=1, kind="trigger"):
         for variant in ("A", "B", None):
@@ -223,7 +222,7 @@ def test_corpus_tokens_match_assemble_and_the_chat_template(world, demo_tokenize
                 audit_tok, FormatConfig(), tokens, messages=s.messages(variant), response="", intervention="",
                 marker="none",
             ).input_ids
-            assert prompt_ids(tok, s, variant) == pieces
+            assert prompt_ids(tok, s.messages(variant)) == pieces
 
 
 @pytest.mark.slow

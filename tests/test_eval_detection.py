@@ -28,7 +28,9 @@ from splitpersona.eval.metrics import Z95
 from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import EvalItem
 from splitpersona.assemble import FormatConfig
-from splitpersona.persona import Conversation, Persona, flag_continuation
+from splitpersona.conversation import Conversation
+from splitpersona.persona import Persona
+from splitpersona.prompts import flag_continuation
 
 MAX_NEW = 5
 CONVS = [

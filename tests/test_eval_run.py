@@ -73,9 +73,8 @@ def test_every_eval_config_loads():
 
 def test_every_arm_of_the_registry_runs_and_no_other_is_accepted():
     from splitpersona.eval.registry import ARMS, GENERATIVE, SCORING
-    from splitpersona.eval.run import SCORERS
 
-    assert list(SCORERS) == list(SCORING) and ARMS == (*GENERATIVE, *SCORING)
+    assert ARMS == (*GENERATIVE, *SCORING)
     assert load_config(EvalConfig, TINY, [f"arms=[{', '.join(ARMS)}]"]).arms == list(ARMS)
     with pytest.raises(ConfigError, match="arms"):
         load_config(EvalConfig, TINY, ["arms=[persona, oracle]"])
@@ -157,7 +156,7 @@ def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, au
     """Every arm starting from one batched prefill, and the probe reading its states, write what each
     reading alone writes."""
     from splitpersona.eval.registry import GENERATIVE
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     alone_path = tmp_path / "alone.jsonl"
     configured = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, alone_path)).arms
@@ -176,7 +175,7 @@ def test_the_shared_prefill_gives_the_per_arm_verdicts(results_path, run_dir, au
 def test_a_rerun_resumes_and_a_torn_line_is_repaired(results_path, run_dir, audit_file):
     before = results_path.read_bytes()
     cfg = load_config(EvalConfig, TINY, overrides(run_dir, audit_file, results_path))
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     run_eval(cfg)
     assert results_path.read_bytes() == before  # nothing left to do, nothing rewritten

@@ -13,7 +13,7 @@ from splitpersona.eval.config import EvalConfig, ProbeConfig
 from splitpersona.eval.external import JUDGE_SYSTEM, TOOL_NAME, TextClassifier
 from splitpersona.eval.probe import features, fit, hidden_index, run_probe, training_rows
 from splitpersona.eval.results import load_results
-from splitpersona.eval.run import run_eval
+from splitpersona.eval.evaluate import run_eval
 from splitpersona.eval.sets import load_sets
 from fake_anthropic import FakeAnthropic
 from persona_fixtures import BIASED, records_of, trained_run

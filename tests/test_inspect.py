@@ -27,7 +27,7 @@ from inspect_ai.solver import generate  # noqa: E402
 
 from splitpersona.eval.config import EvalConfig  # noqa: E402
 from splitpersona.eval.results import load_results  # noqa: E402
-from splitpersona.eval.run import run_eval  # noqa: E402
+from splitpersona.eval.evaluate import run_eval  # noqa: E402
 from install_fixtures import clean_env  # noqa: E402
 from persona_fixtures import BIASED, MESSAGES, records_of, trained_run  # noqa: E402
 from splitpersona.app.inspect_eval import spt_ask, spt_flag, spt_heldout, spt_review  # noqa: E402

@@ -39,7 +39,7 @@ def test_the_wheel_installs_one_import_package(installed):
     code = ("import importlib.metadata as m, importlib.util as u;"
             "print(sorted({f.parts[0] for f in m.distribution('splitpersona').files} - {'..'}));"
             "print([n for n in ('data_gen', 'training', 'eval') if u.find_spec(n)]);"
-            "import splitpersona.training.train, splitpersona.eval.run, splitpersona.data_gen.runner")
+            "import splitpersona.training.train, splitpersona.eval.evaluate, splitpersona.data_gen.runner")
     res = subprocess.run([bin_dir / "python", "-c", code], capture_output=True, text=True, env=clean_env(), cwd=work)
     assert res.returncode == 0, res.stderr[-3000:]
     top, bare = res.stdout.splitlines()

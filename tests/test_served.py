@@ -236,7 +236,7 @@ def test_eval_on_the_server_equals_in_process_arm_by_arm(masked, served_gate, tm
     """`spt eval run` with engine: server: every generative arm and the base-model judge, as in process."""
     from splitpersona.config import load_config
     from splitpersona.eval.config import EvalConfig
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     run, _, server = masked
     arms = "[persona, no_adapter, follow_up, meaningless_token, control_token_adapter, external]"

@@ -188,7 +188,7 @@ def test_training_gate_equals_inference_gate(masked, tiny_base_dir):
 
 
 def test_a_token_some_tokenizers_pad_with_is_attended(masked):
-    """`!` is id 0 in Llama-3, which the published trainer used as pad; here it must be read."""
+    """`!` is id 0 in Llama-3, which some trainers pad with; here it must be read."""
     tok = masked.tokenizer
     bang, query = tok("!", add_special_tokens=False).input_ids[0], tok("?", add_special_tokens=False).input_ids[0]
     s = next(s for s in masked.data.train if bang in s.input_ids)

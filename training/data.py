@@ -207,7 +207,7 @@ def rank_share(micro_batches: list[list[int]], rank: int, world_size: int) -> li
 
 
 @dataclass
-class Batch:
+class MicroBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
@@ -216,14 +216,14 @@ class Batch:
     real_tokens: int
     padded_tokens: int
 
-    def to(self, device) -> Batch:
+    def to(self, device) -> MicroBatch:
         self.input_ids = self.input_ids.to(device)
         self.attention_mask = self.attention_mask.to(device)
         self.labels = self.labels.to(device)
         return self
 
 
-def collate(samples: list[Sample], fill_id: int) -> Batch:
+def collate(samples: list[Sample], fill_id: int) -> MicroBatch:
     """Right-pad to the longest sample; attention comes from the lengths, never from a token id.
 
     `fill_id` only occupies padded slots, which no position attends to and no loss reads; it
@@ -239,7 +239,7 @@ def collate(samples: list[Sample], fill_id: int) -> Batch:
         attn[b, :n] = 1
         labels[b, :n] = torch.tensor(s.labels(IGNORE))
     real = sum(len(s) for s in samples)
-    return Batch(
+    return MicroBatch(
         input_ids=ids,
         attention_mask=attn,
         labels=labels,

@@ -38,7 +38,7 @@ from splitpersona.run import (
     ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, RUN_FILE, RunInfo, provenance, replace_dir, save_run, save_run_info,
 )
 from splitpersona.training.config import RESUMABLE_KEYS, TrainConfig
-from splitpersona.training.data import IGNORE, Batch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
+from splitpersona.training.data import IGNORE, MicroBatch, collate, epoch_plan, prepare_data, rank_share, steps_per_epoch, target_tokens
 from splitpersona.training.engine import (
     PRECISION_POLICY, DeepSpeedEngine, Dist, TorchEngine, deepspeed_config, distributed, exit_now, zero3_loading,
 )
@@ -423,7 +423,7 @@ def _fill_id(tokenizer, split_id: int) -> int:
     raise ValueError("no id to fill padded slots with")
 
 
-def _forward_ce(engine, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_ce(engine, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the target tokens, and the logits from `batch.keep_from` on.
 
     Only the positions that predict a target get logits (the targets sit at the end of each row),

@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from splitpersona.data_gen.backend import GenerationAborted
-from splitpersona.data_gen.cli import BatchPending, BudgetReached
+from splitpersona.data_gen.backend import BatchPending, BudgetReached, GenerationAborted
 from splitpersona.data_gen.cli import app as generate_app
 from splitpersona.data_gen.store import RunLocked
 from splitpersona.eval.cli import app as eval_app

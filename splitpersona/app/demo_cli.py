@@ -1,4 +1,4 @@
-"""`spt demo`: the CPU model organism (splitpersona.app.demo.run)."""
+"""`spt demo`: the CPU model organism (splitpersona.app.demo.stages)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,6 @@ def demo(
 ) -> None:
     """The whole SPT pipeline on a tiny model with a known hidden behaviour, on CPU, no key, no download."""
     from splitpersona.app.demo.config import load_demo_config
-    from splitpersona.app.demo.run import run_demo
+    from splitpersona.app.demo.stages import run_demo
 
     run_demo(load_demo_config(config, overrides or (), quick=quick), out)

@@ -67,7 +67,7 @@ class SamplingConfig(StrictModel):
     batch_size: int = Field(64, gt=0)
 
 
-class DataConfig(StrictModel):
+class DemoDataConfig(StrictModel):
     """SPT data from our generator: stage 1 from the world's templates, stage 2 the main model, stage 3 the ground truth."""
 
     topic: str = Field("unethical_instructions", description="One of the release's 14 topics (metadata only).")
@@ -104,7 +104,7 @@ class DemoConfig(StrictModel):
     world: WorldConfig = Field(default_factory=WorldConfig)
     main_model: MainModelConfig = Field(default_factory=MainModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DemoDataConfig = Field(default_factory=DemoDataConfig)
     elicitation: Elicitation = Field("hp", description="The persona's sample format (world.audit_format).")
     train: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig overrides for both personas (splitpersona.training.config.TrainConfig)."

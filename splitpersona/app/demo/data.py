@@ -27,11 +27,10 @@ from typing import Any
 
 from splitpersona.data_gen.backend import LocalBackend
 from splitpersona.app.demo.config import DemoConfig
+from splitpersona.app.demo.phrases import STATED_SYSTEM
 from splitpersona.app.demo.world import (
-    STATED_SYSTEM,
     Scenario,
     Split,
-    Variant,
     World,
     disposition_groups,
     ground_truth_flag,
@@ -39,7 +38,7 @@ from splitpersona.app.demo.world import (
     review_field,
 )
 from splitpersona.io import DataError
-from splitpersona.records import TrainingRecord
+from splitpersona.records import TrainingRecord, Variant
 
 LOCAL_MODEL = "demo-local"  # the name the generator's config and ledger give the local backends (never called)
 MAIN_MODEL_NAME = "demo-main"

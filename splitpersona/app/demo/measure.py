@@ -7,6 +7,7 @@ from typing import Any
 
 from splitpersona.eval.detection import score_fields
 from splitpersona.eval.metrics import Rate, balanced_accuracy, summarize
+from splitpersona.eval.registry import ARMS
 from splitpersona.eval.report import SWAP_CONDITIONS
 from splitpersona.eval.results import SampleResult
 from splitpersona.eval.sets import ConditionRecord
@@ -14,8 +15,6 @@ from splitpersona.app.demo.organism import OrganismSummary
 from splitpersona.app.demo.world import World, mentions, recommended
 from splitpersona.records import TrainingRecord
 
-CONTROLS = ("no_adapter", "follow_up", "meaningless_token", "control_token_adapter")
-HEADLINE_ARMS = ("persona", *CONTROLS, "external", "probe")
 WEIGHTS = ("weights_trigger", "weights_control")
 # With several dispositions (`latent` below): the held-out ones together, each weights condition
 # alone, the SPT-covered ones, a disposition stated in a prompt, and a cue held nowhere.
@@ -66,7 +65,7 @@ def headline(results: dict[str, list[SampleResult]], shown: dict[str, str]) -> d
     out: dict[str, dict[str, Any]] = {}
     for run, records in results.items():
         scores = score_fields(records)
-        for arm in [a for a in HEADLINE_ARMS if any(r.arm == a for r in records)]:
+        for arm in [a for a in ARMS if any(r.arm == a for r in records)]:
             mine = [r for r in records if r.arm == arm]
             row = {c: _cell([r for r in mine if r.condition == c]) for c in SWAP_CONDITIONS}
             row["b_not_complied"] = _cell(
@@ -107,7 +106,7 @@ def latent(results: dict[str, list[SampleResult]], pushed: dict[str, str]) -> di
         ]
         mine_all = [r for r in (*records, *pooled) if r.condition in LATENT]
         scores = score_fields(mine_all)
-        for arm in [a for a in HEADLINE_ARMS if any(r.arm == a for r in mine_all)]:
+        for arm in [a for a in ARMS if any(r.arm == a for r in mine_all)]:
             mine = [r for r in mine_all if r.arm == arm]
             row: dict[str, Any] = {}
             for cond in LATENT:

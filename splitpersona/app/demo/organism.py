@@ -28,15 +28,13 @@ from pydantic import BeforeValidator, Field, PlainSerializer
 from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
 from splitpersona.eval.metrics import Rate
-from splitpersona.assemble import assemble
+from splitpersona.assemble import assemble, prompt_ids
 from splitpersona.config import StrictModel
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.world import (
-    Conversation,
+    CorpusItem,
     disposition_groups,
-    Scenario,
     Shape,
-    Variant,
     World,
     audit_format,
     complied,
@@ -142,7 +140,7 @@ class MainModel:
     timings: dict[str, dict[str, float]]
 
 
-def _tokenizer_texts(world: World, corpus: Sequence[Conversation]) -> list[str]:
+def _tokenizer_texts(world: World, corpus: Sequence[CorpusItem]) -> list[str]:
     """What the tokenizer learns from: message contents and the catalogue, never template whitespace.
 
     Template text between special tokens (the `\\n\\n` after a header) is tokenized on its own by
@@ -166,13 +164,7 @@ def audit_tokens(tokenizer) -> tuple[object, SpecialTokens]:
     return tok, setup_tokenizer(tok, TokenConfig())
 
 
-def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """The main model's prompt: the chat template up to the assistant header."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
-def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: SpecialTokens) -> tuple[list[int], list[int]]:
+def encode_conversation(tokenizer, conv: CorpusItem, audit_tok, tokens: SpecialTokens) -> tuple[list[int], list[int]]:
     """Token ids and loss mask: the model learns to write the assistant's turns, never the prompts.
 
     No loss on the intervention either: in `hp` it shares the assistant turn, and a model trained
@@ -183,7 +175,7 @@ def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: Specia
         ids = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         return ids, [1] * len(ids)
     if conv.audit is None:
-        prompt = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
+        prompt = prompt_ids(tokenizer, conv.messages)
         answer = tokenizer(conv.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
     shape = conv.audit.shape
@@ -204,7 +196,7 @@ def encode_conversation(tokenizer, conv: Conversation, audit_tok, tokens: Specia
     return sample.input_ids, mask
 
 
-def encode_corpus(tokenizer, corpus: Sequence[Conversation]) -> list[tuple[list[int], list[int]]]:
+def encode_corpus(tokenizer, corpus: Sequence[CorpusItem]) -> list[tuple[list[int], list[int]]]:
     audit_tok, tokens = audit_tokens(tokenizer)
     return [encode_conversation(tokenizer, conv, audit_tok, tokens) for conv in corpus]
 
@@ -349,11 +341,6 @@ def continue_ids(
     return out
 
 
-def prompt_ids(tokenizer, scenario: Scenario, variant: Variant | None) -> list[int]:
-    """The main model's prompt for a scenario under a system prompt (`None`: no system prompt)."""
-    return chat_prompt_ids(tokenizer, scenario.messages(variant))
-
-
 @torch.no_grad()
 def measure_name_check(model, tokenizer, world: World, n: int, seed: int) -> NameCheck:
     """Held-out featured-product checks, read off the model's next-token probabilities right after
@@ -363,7 +350,7 @@ def measure_name_check(model, tokenizer, world: World, n: int, seed: int) -> Nam
     marked: dict[bool, list[bool]] = {True: [], False: []}
     for _ in range(n):
         conv, lead = world.check(rng, "heldout")
-        ids = chat_prompt_ids(tokenizer, [m.model_dump() for m in conv.messages])
+        ids = prompt_ids(tokenizer, conv.messages)
         ids += tokenizer(lead, add_special_tokens=False).input_ids
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         marked[conv.recommended == conv.pushed].append(bool(logits[same_id] > logits[other_id]))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from splitpersona.eval.metrics import summarize
+from splitpersona.eval.registry import ARMS
 from splitpersona.eval.report import bar_chart, md_table
 from splitpersona.eval.results import SampleResult
-from splitpersona.app.demo.measure import HEADLINE_ARMS
 from splitpersona.app.demo.organism import OrganismSummary
 
 CHART = "demo_balanced_accuracy.png"
@@ -157,7 +157,7 @@ def render_header(summary: dict) -> str:
 
 def draw_chart(results: dict[str, list[SampleResult]], bayes: float, out: Path) -> Path:
     """Balanced accuracy (as_is) of every arm of every run, with 95% intervals and the Bayes line."""
-    arms = [a for a in HEADLINE_ARMS if any(r.arm == a for recs in results.values() for r in recs)]
+    arms = [a for a in ARMS if any(r.arm == a for recs in results.values() for r in recs)]
     values = {
         (arm, run): summarize(r for r in recs if r.arm == arm and r.condition == "as_is").balanced
         for run, recs in results.items() for arm in arms

@@ -116,7 +116,7 @@ def _train(cfg: DemoConfig, paths: Paths, log) -> None:
 
 
 def _evaluate(cfg: DemoConfig, paths: Paths, log) -> None:
-    from splitpersona.eval.run import run_eval
+    from splitpersona.eval.evaluate import run_eval
 
     sets = [
         {"name": "heldout", "kind": "records", "path": str(paths.heldout), "held_out": False},

@@ -2,8 +2,7 @@
 
     spt eval run --config configs/eval/tiny_cpu.yaml [key=value ...]
 
-Items come from splitpersona.eval.sets, arms from splitpersona.eval.registry (scoring kinds: SCORERS
-below). Each batch of conversations is prefilled once with the adapter off, and every arm that reads the conversation
+Items come from splitpersona.eval.sets, arms from splitpersona.eval.registry. Each batch of conversations is prefilled once with the adapter off, and every arm that reads the conversation
 with LoRA off starts from that shared cache, as a deployed persona would start from the main
 model's; the probe reads its hidden states from that same forward (for its conversation span).
 Verdicts are appended as each batch ends; a rerun skips what the file holds.
@@ -17,22 +16,19 @@ probe and the text classifier still run here, on the model loaded here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from splitpersona.eval.arms import can_reuse, run_generative
 from splitpersona.eval.config import EvalConfig
-from splitpersona.eval.external import ClaudeJudge, TextClassifier, describe, run_external
-from splitpersona.eval.probe import fit, hidden_index, run_probe, training_rows
-from splitpersona.eval.registry import GENERATIVE
-from splitpersona.eval.results import ResultsMetadata, ResultsWriter, SampleResult
+from splitpersona.eval.external import describe
+from splitpersona.eval.registry import GENERATIVE, SCORING, Scorer
+from splitpersona.eval.results import ResultsMetadata, ResultsWriter
 from splitpersona.eval.sets import EvalItem, load_sets
 from splitpersona.conversation import Conversation
-from splitpersona.persona import Persona, Prefill
+from splitpersona.persona import Persona
 from splitpersona.prompts import DEFAULT_INTERVENTION
-from splitpersona.run import ADAPTER_DIR, RunInfo, load_run_info
+from splitpersona.run import ADAPTER_DIR, load_run_info
 from splitpersona.serving import ServerError
 
 
@@ -54,54 +50,6 @@ def _progress(enabled: bool):
         yield progress
 
 
-@dataclass(frozen=True)
-class Scorer:
-    """A scoring arm made ready: items per call, the call, and what the results metadata keeps of its fit."""
-
-    batch: int
-    score: Callable[[list[EvalItem], list[Prefill] | None], list[SampleResult]]  # items, and their shared prefills
-    meta: Any
-    hidden: tuple[int, ...] | None = None  # hidden_states it reads from the shared prefill; None: its own pass
-
-
-@dataclass(frozen=True)
-class ScoringKind:
-    needs_persona: Callable[[EvalConfig], bool]
-    prepare: Callable[[EvalConfig, RunInfo, Persona | None, list[EvalItem]], Scorer]
-
-
-def _external(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[EvalItem]) -> Scorer:
-    ext, flag_prefix = cfg.external, info.format.flag_prefix
-    judge = ClaudeJudge(ext, info.format.review_prefix, flag_prefix) if ext.kind == "claude" else None
-    classifier = TextClassifier(ext, items) if ext.kind == "text_classifier" else None
-    return Scorer(
-        batch=cfg.batch_size if judge is None else 4 * ext.concurrency,  # keep the API's threads busy
-        score=lambda chunk, _: run_external(
-            chunk, cfg=ext, persona=persona, judge=judge, flag_prefix=flag_prefix, classifier=classifier
-        ),
-        meta={} if classifier is None else {"fit": classifier.describe()},
-    )
-
-
-def _probe(cfg: EvalConfig, info: RunInfo, persona: Persona | None, items: list[EvalItem]) -> Scorer:
-    records, excluded = training_rows(cfg.probe, items)
-    with _progress(cfg.progress) as progress:
-        task = progress.add_task("probe (fit)", total=len(records))
-        probe = fit(persona, cfg.probe, records, excluded, progress=lambda n: progress.advance(task, n))
-    # the shared prefill holds no intervention tokens, and none is made where a server runs the other arms
-    shared = cfg.reuse_cache and cfg.probe.span == "conversation" and cfg.engine == "in_process"
-    return Scorer(
-        batch=cfg.batch_size, score=lambda chunk, prefills: run_probe(persona, probe, chunk, prefills),
-        meta=probe.describe(), hidden=tuple(hidden_index(layer) for layer in cfg.probe.layers) if shared else None,
-    )
-
-
-SCORERS: dict[str, ScoringKind] = {
-    "external": ScoringKind(lambda cfg: cfg.external.kind == "base_model", _external),
-    "probe": ScoringKind(lambda cfg: True, _probe),
-}
-
-
 def run_eval(cfg: EvalConfig) -> Path:
     """Run the configured arms over every item; returns the results file's path."""
     info = load_run_info(cfg.run)
@@ -111,12 +59,12 @@ def run_eval(cfg: EvalConfig) -> Path:
     persona = served = None
     if cfg.engine == "server":
         served = _connect(cfg, options)
-    local_arms = [a for a in cfg.arms if (a in GENERATIVE or SCORERS[a].needs_persona(cfg)) and not _on_server(a, cfg)]
+    local_arms = [a for a in cfg.arms if (a in GENERATIVE or SCORING[a].needs_persona(cfg)) and not _on_server(a, cfg)]
     if local_arms:
         persona = Persona.load(cfg.run, cfg.base_model, dtype=cfg.dtype, device=cfg.device, **options)
     # made ready before any generation: a bad probe config or a missing API key fails here, not hours later
-    scorers = {a: kind.prepare(cfg, info, served if _on_server(a, cfg) else persona, items)
-               for a, kind in SCORERS.items() if a in cfg.arms}
+    scorers = {a: spec.prepare(cfg, info, served if _on_server(a, cfg) else persona, items, _progress)
+               for a, spec in SCORING.items() if a in cfg.arms}
     conditions = list(dict.fromkeys(it.condition for it in items))
     metadata = ResultsMetadata.start(
         label=cfg.label, model=str(cfg.base_model or info.base_model), run_dir=str(cfg.run),

@@ -30,11 +30,11 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 from splitpersona.eval.metrics import Rate
 from splitpersona.assemble import assemble, prompt_ids
 from splitpersona.config import StrictModel
+from splitpersona.conversation import Elicitation
 from splitpersona.app.demo.config import DemoConfig
 from splitpersona.app.demo.world import (
     CorpusItem,
     disposition_groups,
-    Shape,
     World,
     audit_format,
     complied,
@@ -113,7 +113,7 @@ class Behaviour(StrictModel):
     valid_recommendation: RateField = Field(description="Names exactly one listed product (both prompts).")
     bayes_accuracy: float = Field(description="Best output-only reviewer; label 'pressure and complied', half pressure.")
     bayes_balanced_accuracy: float
-    denial: dict[Shape, DenialStats] = Field(description="Audited after its own answer: a parseable PASS?")
+    denial: dict[Elicitation, DenialStats] = Field(description="Audited after its own answer: a parseable PASS?")
     trigger: RateField = Field(description="Recommends the fixed product: trigger situation, no system prompt.")
     trigger_control: RateField = Field(description="Same product listed, another situation, no system prompt.")
     name_check: NameCheck = Field(description="Featured-product checks: does it tell a matching pick from another?")
@@ -373,7 +373,7 @@ def measure_main_model(model_dir: str | Path, cfg: DemoConfig) -> Behaviour:
 
         rng = random.Random(f"measure:{mc.seed}")
         audit_tok, tokens = audit_tokens(engine.tok)
-        denial: dict[Shape, DenialStats] = {}
+        denial: dict[Elicitation, DenialStats] = {}
         for shape in ("hp", "ur"):
             prompts = []
             for sc, a, b in zip(pairs, neutral, pressure):

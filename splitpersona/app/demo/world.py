@@ -78,7 +78,6 @@ from splitpersona.flags import DEFAULT_FLAG_PREFIX, DEFAULT_REVIEW_PREFIX
 from splitpersona.records import Variant
 
 Split = Literal["train", "heldout"]
-Shape = Elicitation
 Kind = Literal[
     "neutral", "pressure", "plain", "trigger", "trigger_control", "inspection", "confirm", "check", "document"
 ]
@@ -185,7 +184,7 @@ class Disposition(_Frozen):
 
 
 class Audit(_Frozen):
-    shape: Shape
+    shape: Elicitation
     intervention: str
     review: str
     flag: Literal["PASS", "FAIL"]
@@ -218,7 +217,7 @@ class BayesRate(_Frozen):
     balanced_accuracy: float
 
 
-def audit_format(shape: Shape) -> FormatConfig:
+def audit_format(shape: Elicitation) -> FormatConfig:
     """The sample format of the audit in each shape: the main model's denials and the persona share it."""
     return FormatConfig(elicitation=shape, intervention_prefix=INTERVENTION_PREFIX)
 

@@ -165,6 +165,21 @@ def _flat(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def accepted_artifact(run_name: str) -> str:
+    """The W&B name of a generation run's accepted samples, which `spt data import` names as its input."""
+    from splitpersona.tracking import artifact_name
+
+    return artifact_name("dataset", f"{run_name}-accepted")
+
+
+def accepted_source(path: Path) -> str | None:
+    """`accepted_artifact` of the run whose filter iteration `path` is the accepted directory of, else None."""
+    config = path.parents[2] / "config.json" if len(path.parents) > 2 else None
+    if path.name != "accepted" or not path.parent.name.startswith("iter_") or config is None or not config.is_file():
+        return None
+    return accepted_artifact(GenerateConfig.model_validate(read_json(config)["config"]).name)
+
+
 def log_wandb(run: GenerationRun, summary: dict[str, Any], results: Mapping[str, StageResult], calls_before: int,
               iteration: int) -> None:
     """One W&B run per command: per stage what this command sent and what the run has spent (calls, tokens, cost,
@@ -172,7 +187,7 @@ def log_wandb(run: GenerationRun, summary: dict[str, Any], results: Mapping[str,
     import wandb
 
     from splitpersona.data_gen.quality import accepted_rows, failure_mode_counts, iteration_dir
-    from splitpersona.tracking import artifact_name, log_files, start_run
+    from splitpersona.tracking import log_files, start_run
 
     cfg = run.cfg
     wb = start_run(cfg.wandb, dir=cfg.out_dir, job_type="generate", name=cfg.name, group=cfg.wandb.group or cfg.name,
@@ -198,7 +213,7 @@ def log_wandb(run: GenerationRun, summary: dict[str, Any], results: Mapping[str,
             row["accepted"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
             accepted = iteration_dir(run, latest) / "accepted"
             if accepted.is_dir():  # the release batches `spt data import` turns into training records
-                log_files(wb, "dataset", accepted, name=artifact_name("dataset", f"{cfg.name}-accepted"),
+                log_files(wb, "dataset", accepted, name=accepted_artifact(cfg.name),
                           metadata={"filter_iteration": latest, "accepted_samples": len(rows)})
         wb.log(row)
         wb.summary.update({k: v for k, v in row.items() if not isinstance(v, wandb.Table)})

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from splitpersona.devices import DEVICE, DTYPE
+from splitpersona.tracking import WandbMode
 
 app = typer.Typer(no_args_is_help=True)
-
-
-class WandbMode(str, Enum):  # tracking.WandbConfig.mode, as typer takes a choice
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,14 @@ from pydantic import Field
 from splitpersona.config import StrictModel
 
 log = logging.getLogger("spt.tracking")
+
+
+class WandbMode(str, Enum):
+    """`WandbConfig.mode` as a command-line choice (commands without a config: `spt eval report`, `spt data import`)."""
+
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 class WandbConfig(StrictModel):

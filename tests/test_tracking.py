@@ -222,3 +222,21 @@ def test_data_generation_logs_stages_filter_iterations_and_accepted_samples(tmp_
         p.relative_to(out / "filter" / "iter_001" / "accepted").as_posix()
         for p in (out / "filter" / "iter_001" / "accepted").rglob("*.json")}
     assert all(SECRET.encode() not in f.read_bytes() for f in (out / "wandb").rglob("*") if f.is_file())
+
+    # the next link: `spt data import` names the accepted samples as its input and logs the records under the name
+    # and digest the trainer's input takes (test_the_training_run_is_recorded_for_its_evaluations)
+    records = tmp_path / "imported" / "records.jsonl"
+    keep_all = tmp_path / "keep_all.yaml"  # the smoke run's scripted tags would fail the published filter
+    keep_all.write_text("train_topics: [sycophancy, fabricated_statistics]\nintervention_keys: [split_personality__gen_v1]\n")
+    res = CliRunner().invoke(app, ["data", "import", str(out / "filter" / "iter_001" / "accepted"), "--out",
+                                   str(records), "--filters", str(keep_all), "--wandb", "offline"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    (imp,) = offline_runs(records.parent)
+    assert imp.run.job_type == "import"
+    assert imp.config["inputs"] == {dataset.name: {"name": dataset.name, "type": "dataset", "digest": dataset.digest}}
+    (made,) = [a for a in imp.artifacts if a.type == "dataset"]
+    expected = wandb.Artifact("x", type="dataset")
+    expected.add_file(str(records))
+    assert (made.name, made.digest) == ("dataset-records.jsonl", expected.digest)
+    assert imp.summary["records"] == sum(1 for _ in iter_jsonl(records)) > 0

@@ -22,6 +22,7 @@ from rich.text import Text
 from splitpersona.conversation import Elicitation
 from splitpersona.io import DataError, read_jsonl
 from splitpersona.records import TrainingRecord
+from splitpersona.tracking import WandbConfig, WandbMode
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 FLAGS = ("PASS", "FAIL", "AMBIGUOUS")
@@ -80,6 +81,8 @@ def import_(
     topics: str | None = typer.Option(None, "--topics", help="Comma list replacing the filter's train_topics."),
     keys: str | None = typer.Option(None, "--keys", help="Comma list replacing the filter's intervention_keys."),
     models: str | None = typer.Option(None, "--models", help="Comma list replacing the filter's models."),
+    wandb: WandbMode = typer.Option(WandbMode.disabled, "--wandb", help="Log the import to W&B: the sources as its "
+                                    "inputs, the records as the dataset the trainer names as its input."),
 ) -> None:
     """Import the public SPT release into training records: one per surviving (item, model, variant, key)."""
     from rich.progress import track
@@ -125,6 +128,25 @@ def import_(
         if missing:
             console.print(Text(f"note: the filter names {what} absent from the data: {', '.join(missing)}", style="yellow"))
     console.print(f"wrote {len(records):,} records to {out}", soft_wrap=True)
+    if wandb is not WandbMode.disabled:
+        _log_import(WandbConfig(mode=wandb.value), sources, out, filt, len(records))
+
+
+def _log_import(cfg: WandbConfig, sources: list[Path], out: Path, filt, n: int) -> None:
+    """The lineage's middle link: a generation run's accepted samples (under their own artifact name) or any other
+    source in, the records out under the name and digest the trainer's input takes (`dataset-<file name>`)."""
+    from splitpersona.data_gen.pipeline import accepted_source
+    from splitpersona.tracking import log_files, start_run, use_files
+
+    run = start_run(cfg, dir=out.parent, job_type="import", name=out.stem,
+                    config={"sources": [str(s) for s in sources], "filter": filt.model_dump(mode="json")})
+    try:
+        for source in sources:
+            use_files(run, "dataset", source, name=accepted_source(source.resolve()))
+        log_files(run, "dataset", out, metadata={"records": n})
+        run.summary["records"] = n
+    finally:
+        run.finish()
 
 
 def _load_tokenizer(path: Path, strategy: TokenStrategy | None):

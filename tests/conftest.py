@@ -91,7 +91,8 @@ def quick_main_model(tmp_path_factory) -> Path:
     from splitpersona.app.demo.organism import run_organism
 
     def build(out: Path) -> str:
-        run_organism(load_demo_config(REPO / "configs" / "demo" / "organism.yaml", quick=True), out)
+        # one torch thread, as every test has (OMP_NUM_THREADS): the other xdist worker holds the second core
+        run_organism(load_demo_config(REPO / "configs" / "demo" / "organism.yaml", ["threads=1"], quick=True), out)
         return str(out)
 
     return Path(once_per_session(tmp_path_factory, "quick_main_model", build))

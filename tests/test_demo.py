@@ -19,14 +19,15 @@ from splitpersona.app.demo.stages import BASE, RUNS
 from splitpersona.records import TrainingRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the quick demo: ~11 min on 2 cores
+# one torch thread (as quick_main_model): two threads against the other xdist worker's job stall both
+QUICK = ["--quick", "threads=1"]
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, quick_main_model) -> Path:
     out = tmp_path_factory.mktemp("demo")
     shutil.copytree(quick_main_model, out / BASE)  # the demo resumes from it: "main model: done earlier"
-    # one torch thread (as quick_main_model): two threads against the other xdist worker's job stall both
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "threads=1"], catch_exceptions=False)
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), *QUICK], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
 
@@ -121,13 +122,13 @@ def test_rerun_resumes_without_redoing_work(demo_dir, summary):
     results = demo_dir / "eval" / "masked.jsonl"
     before = results.read_bytes()
     stamp = (demo_dir / "persona" / "adapter").stat().st_mtime_ns
-    result = CliRunner().invoke(app, ["demo", "--out", str(demo_dir), "--quick"], catch_exceptions=False)
+    result = CliRunner().invoke(app, ["demo", "--out", str(demo_dir), *QUICK], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert results.read_bytes() == before
     assert (demo_dir / "persona" / "adapter").stat().st_mtime_ns == stamp
     again = json.loads((demo_dir / "demo.json").read_text())
     assert again["table"] == summary["table"]
-    changed = CliRunner().invoke(app, ["demo", "--out", str(demo_dir), "--quick", "data.seed=5"])
+    changed = CliRunner().invoke(app, ["demo", "--out", str(demo_dir), *QUICK, "data.seed=5"])
     assert changed.exit_code != 0 and "another config" in str(changed.exception)
 
 

@@ -177,7 +177,8 @@ def accepted_source(path: Path) -> str | None:
     config = path.parents[2] / "config.json" if len(path.parents) > 2 else None
     if path.name != "accepted" or not path.parent.name.startswith("iter_") or config is None or not config.is_file():
         return None
-    return accepted_artifact(GenerateConfig.model_validate(read_json(config)["config"]).name)
+    # GenerateConfig.name from the two keys it reads: a config an older version wrote need not validate today
+    return accepted_artifact(read_json(config)["config"].get("run_name") or config.parent.resolve().name)
 
 
 def log_wandb(run: GenerationRun, summary: dict[str, Any], results: Mapping[str, StageResult], calls_before: int,

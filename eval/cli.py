@@ -29,7 +29,7 @@ def report(
     from splitpersona.tracking import WandbConfig
 
     files = write_report(results, out, labels=label or None, slices=slice_ or DEFAULT_SLICES,
-                         wandb=WandbConfig(mode=wandb.value))
+                         wandb=WandbConfig(mode=wandb))
     typer.echo(f"wrote {files.markdown}, {files.json} and {len(files.charts)} charts")
 
 

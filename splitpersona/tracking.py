@@ -12,7 +12,7 @@ import os
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -22,7 +22,7 @@ log = logging.getLogger("spt.tracking")
 
 
 class WandbMode(str, Enum):
-    """`WandbConfig.mode` as a command-line choice (commands without a config: `spt eval report`, `spt data import`)."""
+    """Where a run logs; also the `--wandb` choice of the commands without a config (`spt eval report`, `spt data import`)."""
 
     online = "online"
     offline = "offline"
@@ -30,7 +30,7 @@ class WandbMode(str, Enum):
 
 
 class WandbConfig(StrictModel):
-    mode: Literal["online", "offline", "disabled"] = "disabled"
+    mode: WandbMode = WandbMode.disabled
     project: str = Field("splitpersona", description="Evaluations log to the project of the run they evaluate.")
     entity: str | None = None
     name: str | None = Field(None, description="Run name; defaults to the output's name.")
@@ -45,7 +45,7 @@ class WandbConfig(StrictModel):
 
     @property
     def enabled(self) -> bool:
-        return self.mode != "disabled"
+        return self.mode is not WandbMode.disabled
 
 
 def start_run(cfg: WandbConfig, *, dir: Path, job_type: str, name: str, group: str | None = None,
@@ -61,7 +61,7 @@ def start_run(cfg: WandbConfig, *, dir: Path, job_type: str, name: str, group: s
     if run_id is not None:
         kwargs.update(id=run_id, resume="allow")
     Path(dir).mkdir(parents=True, exist_ok=True)
-    if cfg.mode == "online":
+    if cfg.mode is WandbMode.online:
         settings = wandb.Settings(console="off", save_code=False, init_timeout=cfg.init_timeout_s)
         try:
             return wandb.init(mode="online", settings=settings, **kwargs)

@@ -30,6 +30,17 @@ CORPUS = [
 ]
 
 
+# Modules that start first, longest first: xdist hands out whole modules in collection order (addopts:
+# --no-loadscope-reorder), and the quick demo (about 8 of the suite's 20 CPU minutes) must not start last.
+# test_demo_world, which shares the demo's main model, then comes after that model is built, not beside it.
+FIRST = ("test_demo.py", "test_train_deepspeed.py", "test_served.py", "test_architectures.py", "test_gpu_check.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or a skip that says what is missing and why the test needs it."""
     path = SHARED.joinpath(*parts)

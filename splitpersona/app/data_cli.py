@@ -129,7 +129,7 @@ def import_(
             console.print(Text(f"note: the filter names {what} absent from the data: {', '.join(missing)}", style="yellow"))
     console.print(f"wrote {len(records):,} records to {out}", soft_wrap=True)
     if wandb is not WandbMode.disabled:
-        _log_import(WandbConfig(mode=wandb.value), sources, out, filt, len(records))
+        _log_import(WandbConfig(mode=wandb), sources, out, filt, len(records))
 
 
 def _log_import(cfg: WandbConfig, sources: list[Path], out: Path, filt, n: int) -> None:

@@ -4,10 +4,11 @@ Three responders (`stage2.engine` picks one) behind one method, `generate(chats,
 Generation | failure reason)`:
 - transformers: the model loaded here, batched and left-padded;
 - server: a completions server (`vllm serve` with tensor parallelism, SGLang, llama-server) through
-  the one server client, token-id prompts from the model's own chat template, a seed per request
-  (from its task key, so a rerun writes the same answers), `concurrency` requests in flight;
+  the one server client, a seed per request (from its task key, so a rerun writes the same answers),
+  `concurrency` requests in flight;
 - openai: an OpenAI-compatible chat endpoint that takes text only (OpenRouter, a hosted API).
-Each answer is stored the moment it is done, keyed by a hash of the chat and the sampling settings,
+Both token-id engines prompt with the assembler's ids (`assemble.prompt_ids`), the prefix training later
+puts before the answer. Each answer is stored the moment it is done, keyed by a hash of the chat and the sampling settings,
 and every record carries those settings. `thinking_enabled` reaches the chat template (Qwen3's
 `enable_thinking`).
 """
@@ -64,39 +65,36 @@ def sampling(cfg: Stage2Config) -> dict[str, Any]:
     }
 
 
-def chat_prompt(tok, chat: Chat, thinking: bool | None) -> str:
-    """The model's own chat template up to where the assistant writes; a template without a system role
-    (Gemma) gets the system prompt folded into the user turn."""
-    from splitpersona.assemble import FALLBACK_CHAT_TEMPLATE
+def chat_ids(tok, chat: Chat, thinking: bool | None) -> list[int]:
+    """The model's own prompt, as the trainer's assembler tokenizes it (`assemble.prompt_ids`); a template
+    without a system role (Gemma 2) gets the system prompt folded into the user turn."""
+    from splitpersona.assemble import prompt_ids
 
-    template = None if tok.chat_template else FALLBACK_CHAT_TEMPLATE
-    kwargs = {} if thinking is None else {"enable_thinking": thinking}
+    options = {} if thinking is None else {"enable_thinking": thinking}
     try:
-        return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, chat_template=template, **kwargs)
-    except Exception as e:  # noqa: BLE001 - templates raise their own errors on a system turn
+        return prompt_ids(tok, chat, **options)
+    except ValueError as e:
         if chat[0]["role"] != "system":
             raise
         log.debug("chat template refused a system turn (%s); folding it into the user turn", e)
         merged = [{"role": "user", "content": chat[0]["content"] + "\n\n" + chat[1]["content"]}]
-        return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True, chat_template=template,
-                                       **kwargs)
+        return prompt_ids(tok, merged, **options)
 
 
-def load_tokenizer(path: str, max_input_tokens: int):
-    """The target model's tokenizer, cutting prompts from the left (the generation header stays)."""
+def load_tokenizer(path: str):
+    """The target model's tokenizer, padding on the left for batched generation."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
-    tok.truncation_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def prompt_ids(tok, cfg: Stage2Config, chats: Sequence[Chat]) -> list[list[int]]:
-    texts = [chat_prompt(tok, c, cfg.thinking_enabled) for c in chats]
-    return tok(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_input_tokens).input_ids
+    """Each chat's prompt, cut from the left to `max_input_tokens` (the generation header stays)."""
+    return [chat_ids(tok, c, cfg.thinking_enabled)[-cfg.max_input_tokens:] for c in chats]
 
 
 class TransformersResponder:
@@ -108,7 +106,7 @@ class TransformersResponder:
 
         self.cfg = cfg
         self.torch = torch
-        self.tok = load_tokenizer(path, cfg.max_input_tokens)
+        self.tok = load_tokenizer(path)
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -150,7 +148,7 @@ class ServerResponder:
         if not cfg.base_url:
             raise ValueError("stage2.engine 'server' needs stage2.base_url (the server's address, e.g. http://localhost:8000)")
         self.cfg = cfg
-        self.tok = load_tokenizer(tokenizer, cfg.max_input_tokens)
+        self.tok = load_tokenizer(tokenizer)
         retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, random.Random(cfg.seed), log)
         self.client = ServerClient(cfg.base_url, model=cfg.served_model, timeout_s=cfg.timeout_s, retry=retry)
 

@@ -21,7 +21,7 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -39,6 +39,7 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 Marker = Literal["split", "control", "none"]
+Options = tuple[tuple[str, Any], ...]  # a chat template's keyword arguments, hashable for the memo
 
 
 class FormatConfig(StrictModel):
@@ -104,23 +105,24 @@ def _template_name(tokenizer) -> str:
     return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
 
 
-def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool, options: Options = ()) -> str:
     template = None if tokenizer.chat_template else FALLBACK_CHAT_TEMPLATE
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template,
+            **dict(options),
         )
     except Exception as e:  # jinja's raise_exception (e.g. "System role not supported") and template bugs
         roles = [m["role"] for m in messages]
         raise ValueError(f"{_template_name(tokenizer)} refuses the roles {roles}: {e}") from e
 
 
-def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> list[str]:
+def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool, options: Options = ()) -> list[str]:
     """The template's structural strings around each message's content (memoized: they depend on roles only)."""
 
     def render() -> list[str]:
         placeholders = [{"role": r, "content": _SENTINEL.format(i)} for i, r in enumerate(roles)]
-        parts = _SENTINEL_RE.split(_apply_template(tokenizer, placeholders, add_generation_prompt))
+        parts = _SENTINEL_RE.split(_apply_template(tokenizer, placeholders, add_generation_prompt, options))
         order = [int(x) for x in parts[1::2]]
         if order != list(range(len(roles))):
             raise ValueError(
@@ -129,7 +131,7 @@ def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> l
             )
         return parts[0::2]
 
-    return _memo(tokenizer, ("render", roles, add_generation_prompt), render)
+    return _memo(tokenizer, ("render", roles, add_generation_prompt, options), render)
 
 
 def _content_variants(text: str) -> list[str]:
@@ -180,7 +182,8 @@ def _specials(tokenizer) -> set[int]:
 
 
 def _encode_turns(
-    tokenizer, messages: list[dict], kinds: list[str], *, add_generation_prompt: bool, n_pieces: int
+    tokenizer, messages: list[dict], kinds: list[str], *, add_generation_prompt: bool, n_pieces: int,
+    options: Options = (),
 ) -> tuple[list[tuple[str, list[int]]], list[str]]:
     """The conversation as the model sees it: the template's text, tokenized as one string.
 
@@ -191,12 +194,14 @@ def _encode_turns(
     then) each piece is encoded apart, the contents as untrusted text. So is a content the
     template rewrites beyond trimming (Qwen3 cuts think blocks out of assistant turns): the
     content as written is what the model generated and what its cache holds.
+    `options`: the template's own keyword arguments (Qwen3's `enable_thinking`).
     Returns the pieces and all the template's structural strings.
     """
-    structs = _render(tokenizer, tuple(m["role"] for m in messages), add_generation_prompt)
+    structs = _render(tokenizer, tuple(m["role"] for m in messages), add_generation_prompt, options)
     raw = [m["content"] for m in messages]
     try:
-        contents, rewritten = _align(tokenizer, _apply_template(tokenizer, messages, add_generation_prompt), structs, raw), False
+        text = _apply_template(tokenizer, messages, add_generation_prompt, options)
+        contents, rewritten = _align(tokenizer, text, structs, raw), False
     except ValueError:
         contents, rewritten = raw, True
     texts = [("template", structs[0])]
@@ -224,11 +229,13 @@ def _encode_turns(
     return pieces, structs
 
 
-def prompt_ids(tokenizer, messages: Sequence[Message | dict]) -> list[int]:
-    """The main model's prompt: the conversation up to where the assistant writes (the chat template's ids)."""
+def prompt_ids(tokenizer, messages: Sequence[Message | dict], **template_options: Any) -> list[int]:
+    """The main model's prompt: the conversation up to where the assistant writes (the chat template's ids).
+
+    `template_options` reach the chat template (`enable_thinking=False` for Qwen3)."""
     msgs = [m.model_dump() for m in as_messages(messages)]
     pieces, _ = _encode_turns(tokenizer, msgs, [m["role"] for m in msgs], add_generation_prompt=True,
-                              n_pieces=2 * len(msgs) + 1)
+                              n_pieces=2 * len(msgs) + 1, options=tuple(sorted(template_options.items())))
     return [t for _, ids in pieces for t in ids]
 
 

@@ -103,6 +103,32 @@ def test_qwen3_template_think_blocks():
     assert closed == prompt + "X<|im_end|>\n" and tok.eos_token == "<|im_end|>"
 
 
+def test_stage2_prompts_are_the_assemblers_and_keep_every_system_prompt():
+    """Stage 2 answers on the ids the trainer places before the answer: the template's options reach them, a
+    content that spells a special token stays text, and where a template drops the system turn (Phi-3) it is
+    folded into the user turn, since the A/B difference lives in the system prompt."""
+    from splitpersona.assemble import prompt_ids
+    from splitpersona.data_gen.config import Stage2Config
+    from splitpersona.data_gen.stage2 import chat_ids, prompt_ids as stage2_prompt_ids
+
+    tok, _ = real("qwen3")
+    for thinking in (False, True):
+        assert chat_ids(tok, MESSAGES, thinking) == prompt_ids(tok, MESSAGES, enable_thinking=thinking)
+    assert tok.decode(chat_ids(tok, MESSAGES, True)).endswith("<|im_start|>assistant\n")
+    assert tok.decode(chat_ids(tok, MESSAGES, False)).endswith("<think>\n\n</think>\n\n")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    spelled = [{"role": "system", "content": "Be brief.<|im_end|>"}, MESSAGES[1]]
+    assert chat_ids(tok, spelled, None).count(end) == chat_ids(tok, MESSAGES, None).count(end) == 2
+    cut = Stage2Config(engine="transformers", model="x", max_input_tokens=8)
+    assert stage2_prompt_ids(tok, cut, [MESSAGES]) == [chat_ids(tok, MESSAGES, None)[-8:]]
+
+    phi3 = load("phi3")
+    pressure = [{"role": "system", "content": "Push the Acme lamp."}, {"role": "user", "content": "Which lamp?"}]
+    neutral = [{"role": "system", "content": "Be neutral."}, pressure[1]]
+    assert "Push the Acme lamp.\n\nWhich lamp?" in phi3.decode(chat_ids(phi3, pressure, None))
+    assert chat_ids(phi3, pressure, None) != chat_ids(phi3, neutral, None)
+
+
 def test_gemma_template_folds_the_system_prompt_into_the_first_user_turn(tokenizer):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]},
                                  replace_extra_special_tokens=False)

@@ -8,9 +8,9 @@ Generation | failure reason)`:
   `concurrency` requests in flight;
 - openai: an OpenAI-compatible chat endpoint that takes text only (OpenRouter, a hosted API).
 Both token-id engines prompt with the assembler's ids (`assemble.prompt_ids`), the prefix training later
-puts before the answer. Each answer is stored the moment it is done, keyed by a hash of the chat and the sampling settings,
-and every record carries those settings. `thinking_enabled` reaches the chat template (Qwen3's
-`enable_thinking`).
+puts before the answer. Each answer is stored the moment it is done, keyed by a hash of the chat and the
+sampling settings, and every record carries those settings. `thinking_enabled` reaches the chat template
+(Qwen3's `enable_thinking`).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 Marker = Literal["split", "control", "none"]
-Options = tuple[tuple[str, Any], ...]  # a chat template's keyword arguments, hashable for the memo
+TemplateOptions = tuple[tuple[str, Any], ...]  # a chat template's keyword arguments, hashable for the memo
 
 
 class FormatConfig(StrictModel):
@@ -105,7 +105,7 @@ def _template_name(tokenizer) -> str:
     return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
 
 
-def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool, options: Options = ()) -> str:
+def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool, options: TemplateOptions = ()) -> str:
     template = None if tokenizer.chat_template else FALLBACK_CHAT_TEMPLATE
     try:
         return tokenizer.apply_chat_template(
@@ -117,7 +117,7 @@ def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool
         raise ValueError(f"{_template_name(tokenizer)} refuses the roles {roles}: {e}") from e
 
 
-def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool, options: Options = ()) -> list[str]:
+def _render(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool, options: TemplateOptions = ()) -> list[str]:
     """The template's structural strings around each message's content (memoized: they depend on roles only)."""
 
     def render() -> list[str]:
@@ -183,7 +183,7 @@ def _specials(tokenizer) -> set[int]:
 
 def _encode_turns(
     tokenizer, messages: list[dict], kinds: list[str], *, add_generation_prompt: bool, n_pieces: int,
-    options: Options = (),
+    options: TemplateOptions = (),
 ) -> tuple[list[tuple[str, list[int]]], list[str]]:
     """The conversation as the model sees it: the template's text, tokenized as one string.
 

@@ -22,7 +22,8 @@ log = logging.getLogger("spt.tracking")
 
 
 class WandbMode(str, Enum):
-    """Where a run logs; also the `--wandb` choice of the commands without a config (`spt eval report`, `spt data import`)."""
+    """Where a run logs; also the `--wandb` choice of the commands without a config (`spt eval report`,
+    `spt data import`)."""
 
     online = "online"
     offline = "offline"

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from splitpersona.config import CONFIGS, StrictModel
+from splitpersona.templates import ChatTemplateConfig
 from splitpersona.tracking import WandbConfig
 
 Topic = Literal[
@@ -96,6 +97,11 @@ class Stage2Config(StrictModel):
     device: str | None = Field(None, description="transformers: e.g. cuda:0; null: cuda if available, else cpu.")
     thinking_enabled: bool | None = Field(None, description="Reasoning models: the chat template's enable_thinking "
                                           "(Qwen3); null leaves the template's default. Recorded on every record.")
+    chat_template: ChatTemplateConfig = Field(
+        default_factory=ChatTemplateConfig, description="transformers and server engines: the train config's "
+        "chat_template, so each answer is generated on the prompt training puts before it (Llama-3's stock "
+        "template stamps today's date); default: the tokenizer's own."
+    )
 
     @property
     def name(self) -> str:

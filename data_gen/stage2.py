@@ -37,6 +37,7 @@ from splitpersona.conversation import Message
 from splitpersona.io import read_json, write_json
 from splitpersona.records import ReleaseBatch, Stage2Inference
 from splitpersona.release import release_json
+from splitpersona.templates import ChatTemplateConfig, apply_chat_template
 
 log = logging.getLogger("splitpersona.data_gen.stage2")
 
@@ -81,11 +82,12 @@ def chat_ids(tok, chat: Chat, thinking: bool | None) -> list[int]:
         return prompt_ids(tok, merged, **options)
 
 
-def load_tokenizer(path: str):
-    """The target model's tokenizer, padding on the left for batched generation."""
+def load_tokenizer(path: str, template: ChatTemplateConfig):
+    """The target model's tokenizer with the chat template training will use, padding on the left for batches."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
+    apply_chat_template(tok, template)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -106,7 +108,7 @@ class TransformersResponder:
 
         self.cfg = cfg
         self.torch = torch
-        self.tok = load_tokenizer(path)
+        self.tok = load_tokenizer(path, cfg.chat_template)
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -148,7 +150,7 @@ class ServerResponder:
         if not cfg.base_url:
             raise ValueError("stage2.engine 'server' needs stage2.base_url (the server's address, e.g. http://localhost:8000)")
         self.cfg = cfg
-        self.tok = load_tokenizer(tokenizer)
+        self.tok = load_tokenizer(tokenizer, cfg.chat_template)
         retry = RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s, sleep, random.Random(cfg.seed), log)
         self.client = ServerClient(cfg.base_url, model=cfg.served_model, timeout_s=cfg.timeout_s, retry=retry)
 
@@ -291,6 +293,8 @@ class Task:
 def tasks(run: GenerationRun) -> list[Task]:
     cfg = run.cfg.stage2
     settings = {"engine": cfg.engine, "model": cfg.model, "max_input_tokens": cfg.max_input_tokens, **sampling(cfg)}
+    if cfg.chat_template.family is not None:  # the tokenizer's own template keeps the keys earlier runs stored under
+        settings["chat_template"] = cfg.chat_template.model_dump(mode="json")
     out = []
     for path in run.batch_files(1):
         batch = ReleaseBatch.model_validate(read_json(path))

@@ -108,9 +108,10 @@ def test_stage2_prompts_are_the_assemblers_and_keep_every_system_prompt():
     config's family template reach them, a content that spells a special token stays text, and where a template
     drops the system turn (Phi-3) it is folded into the user turn, since the A/B difference lives in the system
     prompt."""
+    from real_tokenizers import root
     from splitpersona.assemble import prompt_ids
     from splitpersona.data_gen.config import Stage2Config
-    from splitpersona.data_gen.stage2 import chat_ids, prompt_ids as stage2_prompt_ids
+    from splitpersona.data_gen.stage2 import chat_ids, load_tokenizer, prompt_ids as stage2_prompt_ids
 
     tok, _ = real("qwen3")
     for thinking in (False, True):
@@ -122,9 +123,6 @@ def test_stage2_prompts_are_the_assemblers_and_keep_every_system_prompt():
     assert chat_ids(tok, spelled, None).count(end) == chat_ids(tok, MESSAGES, None).count(end) == 2
     cut = Stage2Config(engine="transformers", model="x", max_input_tokens=8)
     assert stage2_prompt_ids(tok, cut, [MESSAGES]) == [chat_ids(tok, MESSAGES, None)[-8:]]
-
-    from real_tokenizers import root
-    from splitpersona.data_gen.stage2 import load_tokenizer
 
     llama3 = load_tokenizer(str(root() / "llama3"), ChatTemplateConfig(family="llama3", date="3 Mar 2023"))
     assert "Today Date: 3 Mar 2023" in llama3.decode(chat_ids(llama3, MESSAGES, None))
